@@ -1,0 +1,1 @@
+"""Datasets: validation, splits and the training loader (torch-dependent parts load lazily)."""

@@ -1,0 +1,391 @@
+"""Batch rendering of a mesh collection into an Objaverse-Ortho10View-style dataset.
+
+Layout written (spec dataset-format §1, §2): ``OUT/<id[:2]>/<id>/{color,depth,normal}_NNNN.*`` + ``meta.json``,
+plus ``scene_list.json`` (ids), ``captions.json`` (id -> caption), ``manifest.json`` (provenance per object),
+``errors.jsonl`` (one line per mesh that failed), ``render_config.json`` and ``render_summary.json``.
+
+Crash safety: every file is written atomically, and an object counts as done only when its marker file
+(written last) exists and records the same source hash and settings. A rerun removes whatever a killed run
+left in unfinished object folders and renders them again, so an interrupted run plus a rerun gives the same
+dataset as one uninterrupted run. The top-level files are rebuilt from the per-object records at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mvtune import __version__, cameras
+
+log = logging.getLogger(__name__)
+
+MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply")
+DONE_MARKER = ".mvtune-done.json"
+OBJECT_RECORD = "provenance.json"
+SCENE_LIST = "scene_list.json"
+CAPTIONS = "captions.json"
+MANIFEST = "manifest.json"
+ERRORS = "errors.jsonl"
+#: A worker process that dies (e.g. a driver crash) takes its in-flight objects down; retry them this often.
+MAX_ATTEMPTS = 3
+
+
+class DatasetWriteError(Exception):
+    """The batch cannot start (bad input path, unwritable output); per-mesh failures go to errors.jsonl instead."""
+
+
+class RenderConfig(BaseModel):
+    """Everything that decides the bytes of a rendered dataset; printed into OUT/render_config.json."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: Path
+    out_dir: Path
+    layout: str = "ortho10"
+    resolution: int = Field(1024, ge=16, le=8192)
+    workers: int = Field(1, ge=1, le=256)
+    captions: Path | None = None
+    lighting: str = "studio"
+    up: Literal["y", "z"] = "y"
+    seed: int = 0
+    position: bool = False
+    max_texture_pixels: int = Field(64 * 1024 * 1024, ge=1)
+
+    @field_validator("layout")
+    @classmethod
+    def _known_layout(cls, value: str) -> str:
+        cameras.layout(value)  # raises ValueError naming the problem
+        return value
+
+    def settings(self) -> dict:
+        """The subset that changes rendered files: a done marker is valid only for the same settings."""
+        return {
+            "renderer": f"mvtune {__version__}",
+            "layout": self.layout,
+            "resolution": self.resolution,
+            "lighting": self.lighting,
+            "up": self.up,
+            "seed": self.seed,
+            "position": self.position,
+        }
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    rendered: int = 0
+    skipped: int = 0
+    failed: int = 0
+    errors: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in ("total", "rendered", "skipped", "failed", "seconds")} | {
+            "errors": self.errors
+        }
+
+
+def discover_meshes(input_path: Path) -> list[Path]:
+    """A mesh file, a folder (searched recursively) or a list file with one path per line (relative to it)."""
+    input_path = Path(input_path)
+    if not input_path.exists():
+        raise DatasetWriteError(f"input {input_path} does not exist")
+    if input_path.is_dir():
+        found = sorted(p for p in input_path.rglob("*") if p.is_file() and p.suffix.lower() in MESH_SUFFIXES)
+        if not found:
+            raise DatasetWriteError(f"no meshes ({', '.join(MESH_SUFFIXES)}) found under {input_path}")
+        return found
+    if input_path.suffix.lower() in MESH_SUFFIXES:
+        return [input_path]
+    if input_path.suffix.lower() in (".txt", ".lst", ".list"):
+        paths = []
+        for line in input_path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                p = Path(line)
+                paths.append(p if p.is_absolute() else input_path.parent / p)
+        if not paths:
+            raise DatasetWriteError(f"list file {input_path} names no meshes")
+        return paths
+    raise DatasetWriteError(
+        f"input {input_path}: expected a mesh ({', '.join(MESH_SUFFIXES)}), a folder or a .txt list of paths"
+    )
+
+
+def assign_ids(paths: Iterable[Path]) -> dict[str, Path]:
+    """Readable, unique, filesystem-safe ids from file stems; clashes get a short hash of the full path."""
+    ids: dict[str, Path] = {}
+    for path in paths:
+        base = re.sub(r"[^A-Za-z0-9_-]+", "_", path.stem).strip("_") or "mesh"
+        candidate = base
+        if candidate in ids:
+            candidate = f"{base}_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
+        ids[candidate] = path
+    return ids
+
+
+def object_dir(root: Path, object_id: str) -> Path:
+    return root / object_id[:2] / object_id
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def source_files(path: Path) -> list[Path]:
+    """The mesh file plus the files it references that we hash (OBJ's MTL); textures change the GLB bytes anyway."""
+    files = [path]
+    mtl = path.with_name(path.name + ".mtl")
+    if path.suffix.lower() == ".obj":
+        files += [p for p in (mtl, path.with_suffix(".mtl")) if p.exists()]
+    return files
+
+
+def source_hash(path: Path) -> str:
+    """sha256 of the mesh file (and of its MTL for OBJ), the grouping key for leak-free splits."""
+    files = source_files(path)
+    if len(files) == 1:
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(sha256_file(p).encode())
+    return digest.hexdigest()
+
+
+def read_sidecars(path: Path) -> tuple[str | None, dict]:
+    """Caption from ``<mesh>.txt`` and provenance fields from ``<mesh>.json`` (either ``stem.*`` or ``name.*``)."""
+    caption = None
+    meta: dict = {}
+    for candidate in (path.with_suffix(".txt"), path.with_name(path.name + ".txt")):
+        if candidate.exists():
+            caption = candidate.read_text(encoding="utf-8").strip()
+            break
+    for candidate in (path.with_suffix(".json"), path.with_name(path.name + ".json")):
+        if candidate.exists():
+            try:
+                meta = json.loads(candidate.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"sidecar {candidate} is not valid JSON: {exc}") from None
+            if not isinstance(meta, dict):
+                raise ValueError(f"sidecar {candidate} must hold a JSON object")
+            break
+    return caption, meta
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def is_done(obj_dir: Path, digest: str, settings: dict) -> bool:
+    marker = obj_dir / DONE_MARKER
+    try:
+        record = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return record.get("source_sha256") == digest and record.get("settings") == settings
+
+
+# ---- worker side -------------------------------------------------------------------------------------------
+
+_renderer = None
+
+
+def _worker_renderer(cfg: RenderConfig):
+    """One GL context per process, created on first use and reused for every object the process renders."""
+    global _renderer
+    if _renderer is None:
+        from mvtune.render.gl import Renderer
+
+        _renderer = Renderer(resolution=cfg.resolution, lighting=cfg.lighting)
+    return _renderer
+
+
+def render_object(cfg: RenderConfig, object_id: str, src: Path, digest: str) -> dict:
+    """Render one mesh into its object folder; returns its provenance record. Raises on any failure."""
+    from mvtune.meshes import load_mesh, normalize_mesh
+    from mvtune.render import files
+
+    caption, sidecar = read_sidecars(src)
+    mesh = normalize_mesh(load_mesh(src, max_texture_pixels=cfg.max_texture_pixels), up=cfg.up)
+    views = cameras.layout(cfg.layout, seed=cfg.seed)
+    images = _worker_renderer(cfg).render(mesh, views, position=cfg.position)
+
+    obj_dir = object_dir(cfg.out_dir, object_id)
+    if obj_dir.exists():  # leftovers of an interrupted or outdated render
+        shutil.rmtree(obj_dir)
+    obj_dir.mkdir(parents=True)
+    for view, image in zip(views, images):
+        files.write_color_webp(obj_dir / f"color_{view.index}.webp", image.color)
+        files.write_depth_exr(obj_dir / f"depth_{view.index}.exr", image.depth)
+        files.write_normal_webp(obj_dir / f"normal_{view.index}.webp", image.normal)
+        if cfg.position:
+            files.write_position_exr(obj_dir / f"position_{view.index}.exr", image.position)
+    write_json_atomic(obj_dir / "meta.json", files.build_meta(views, cfg.resolution))
+
+    record = {
+        "id": object_id,
+        "source": str(src.resolve()),
+        "source_sha256": digest,
+        "group": sidecar.get("group", digest),
+        "parent": sidecar.get("parent"),
+        "concept": sidecar.get("concept"),
+        "licence": sidecar.get("licence", sidecar.get("license")),
+        "generator": sidecar.get("generator"),
+        "caption": caption,
+        "warnings": list(mesh.warnings),
+        "to_canonical": mesh.to_frame.tolist(),
+        **cfg.settings(),
+    }
+    write_json_atomic(obj_dir / OBJECT_RECORD, record)
+    write_json_atomic(obj_dir / DONE_MARKER, {"source_sha256": digest, "settings": cfg.settings()})
+    return record
+
+
+def _render_task(cfg: RenderConfig, object_id: str, src: Path, digest: str) -> tuple[str, dict | None, str | None]:
+    try:
+        return object_id, render_object(cfg, object_id, src, digest), None
+    except Exception as exc:  # one bad mesh must never stop the batch
+        return object_id, None, f"{type(exc).__name__}: {exc}"
+
+
+# ---- driver side -------------------------------------------------------------------------------------------
+
+
+def render_dataset(cfg: RenderConfig, on_progress: Callable[[int, int, str], None] | None = None) -> Summary:
+    """Render every mesh of ``cfg.input`` that is not already done; returns counts and the failures."""
+    start = time.perf_counter()
+    meshes = assign_ids(discover_meshes(cfg.input))
+    out = cfg.out_dir
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "render_config.json", json.loads(cfg.model_dump_json()))
+    except OSError as exc:
+        raise DatasetWriteError(f"cannot write to output folder {out}: {exc}") from None
+    for leftover in out.glob(".*.tmp-*"):  # temp files of a run killed mid-write
+        leftover.unlink(missing_ok=True)
+    captions_override = _load_captions(cfg.captions) if cfg.captions else {}
+
+    summary = Summary(total=len(meshes))
+    errors_path = out / ERRORS
+    errors_path.write_text("")
+    todo: list[tuple[str, Path, str]] = []
+    for object_id, src in meshes.items():
+        try:
+            digest = source_hash(src)
+        except OSError as exc:
+            _record_error(summary, errors_path, object_id, src, f"cannot read source: {exc}")
+            continue
+        if is_done(object_dir(out, object_id), digest, cfg.settings()):
+            summary.skipped += 1
+        else:
+            todo.append((object_id, src, digest))
+
+    done_count = summary.skipped + summary.failed
+
+    def finished(object_id: str, record: dict | None, error: str | None) -> None:
+        nonlocal done_count
+        done_count += 1
+        if error is None:
+            summary.rendered += 1
+        else:
+            _record_error(summary, errors_path, object_id, meshes[object_id], error)
+        if on_progress:
+            on_progress(done_count, summary.total, object_id)
+
+    if cfg.workers == 1:
+        for object_id, src, digest in todo:
+            finished(*_render_task(cfg, object_id, src, digest))
+    else:
+        _render_in_pool(cfg, todo, finished)
+
+    _write_index(cfg, meshes, captions_override)
+    summary.seconds = round(time.perf_counter() - start, 3)
+    write_json_atomic(out / "render_summary.json", summary.to_json())
+    return summary
+
+
+def _render_in_pool(cfg: RenderConfig, todo: list[tuple[str, Path, str]], finished) -> None:
+    """Parallel workers, each with its own GL context; objects in flight when a worker dies are retried."""
+    attempts = {object_id: 0 for object_id, _, _ in todo}
+    pending = list(todo)
+    while pending:
+        retry: list[tuple[str, Path, str]] = []
+        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=get_context("spawn")) as pool:
+            futures: dict[Future, tuple[str, Path, str]] = {
+                pool.submit(_render_task, cfg, *task): task for task in pending
+            }
+            remaining = set(futures)
+            while remaining:
+                done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                for future in done:
+                    task = futures[future]
+                    try:
+                        finished(*future.result())
+                    except BrokenProcessPool:
+                        attempts[task[0]] += 1
+                        if attempts[task[0]] >= MAX_ATTEMPTS:
+                            finished(task[0], None, "worker process died while rendering this mesh")
+                        else:
+                            retry.append(task)
+        pending = retry
+
+
+def _record_error(summary: Summary, errors_path: Path, object_id: str, src: Path, reason: str) -> None:
+    summary.failed += 1
+    entry = {"id": object_id, "source": str(src), "reason": reason}
+    summary.errors.append(entry)
+    with open(errors_path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+    log.error("%s (%s): %s", object_id, src, reason)
+
+
+def _load_captions(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetWriteError(f"captions file {path}: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise DatasetWriteError(f"captions file {path} must map ids (or mesh file names) to caption strings")
+    return data
+
+
+def _write_index(cfg: RenderConfig, meshes: dict[str, Path], captions_override: dict[str, str]) -> None:
+    """Rebuild scene list, captions and manifest from the per-object records of every done object."""
+    out = cfg.out_dir
+    ids, captions, manifest = [], {}, {}
+    for object_id, src in meshes.items():
+        obj_dir = object_dir(out, object_id)
+        if not (obj_dir / DONE_MARKER).exists():
+            continue
+        record = json.loads((obj_dir / OBJECT_RECORD).read_text())
+        ids.append(object_id)
+        manifest[object_id] = record
+        caption = next(
+            (captions_override[k] for k in (object_id, src.name, src.stem) if k in captions_override),
+            record.get("caption"),
+        )
+        if caption is not None:
+            captions[object_id] = caption
+    write_json_atomic(out / SCENE_LIST, ids)
+    write_json_atomic(out / CAPTIONS, captions)
+    write_json_atomic(out / MANIFEST, {"mvtune_version": __version__, "objects": manifest})
