@@ -76,6 +76,7 @@ def render(
     up: str = typer.Option("y", help="Source up axis: 'y' (glTF and most exports) or 'z'."),
     seed: int = typer.Option(0, help="Seed for random layouts (rand6)."),
     position: bool = typer.Option(False, help="Also write position_NNNN.exr (world XYZ)."),
+    max_texture_pixels: int = typer.Option(64 * 1024 * 1024, help="Refuse textures larger than this (decompression-bomb guard)."),
 ) -> None:
     """Render meshes into an Objaverse-Ortho10View / Rand6View-format dataset."""
     from pydantic import ValidationError
@@ -86,6 +87,7 @@ def render(
         cfg = RenderConfig(
             input=input, out_dir=out_dir, layout=layout, resolution=resolution, workers=workers,
             captions=captions, lighting=lighting, up=up, seed=seed, position=position,
+            max_texture_pixels=max_texture_pixels,
         )
     except ValidationError as exc:
         _fail("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
