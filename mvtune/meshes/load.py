@@ -225,7 +225,7 @@ def _scene_parts(path: Path, scene: trimesh.Scene, max_pixels: int, warns: list[
         if not isinstance(geometry, trimesh.Trimesh) or len(geometry.faces) == 0:
             skipped.append(f"{geometry_name} ({type(geometry).__name__})")
             continue
-        parts.append(_part(path, geometry, np.asarray(transform, dtype=np.float64), max_pixels, warns))
+        parts.append(_part(path, geometry, geometry_name, np.asarray(transform, dtype=np.float64), max_pixels, warns))
     if not parts:
         if skipped:
             raise NotAMeshError(f"{path}: not a triangle mesh, it holds only {', '.join(skipped)} with no faces")
@@ -235,8 +235,10 @@ def _scene_parts(path: Path, scene: trimesh.Scene, max_pixels: int, warns: list[
     return parts
 
 
-def _part(path: Path, geometry: trimesh.Trimesh, transform: np.ndarray, max_pixels: int, warns: list[str]) -> MeshPart:
-    name = geometry.metadata.get("name", "") or ""
+def _part(
+    path: Path, geometry: trimesh.Trimesh, geometry_name: str, transform: np.ndarray, max_pixels: int, warns: list[str]
+) -> MeshPart:
+    name = str(geometry.metadata.get("name") or geometry_name)
     vertices = np.asarray(geometry.vertices, dtype=np.float64)
     faces = np.asarray(geometry.faces, dtype=np.int64)
     if not np.isfinite(vertices).all():
