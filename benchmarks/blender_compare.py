@@ -8,7 +8,8 @@ Conventions of what `render_with_blender` returns (matching mvtune's renderer):
 - row 0 is the top of the image (camera +Y side), column 0 its left (camera -X side);
 - depth is planar depth along the view axis in world units, background 65535 (Blender itself writes 1e10);
 - position is world XYZ, background 0;
-- pixel (u, v) is sampled within +-pixel_filter_width/2 px of its centre (u + 0.5, v + 0.5).
+- depth/position of pixel (u, v) are point samples at its centre (u + 0.5, v + 0.5) (Cycles writes them from
+  the first sample, which it puts at the filter centre; measured offset +0.0005 px in x and y).
 """
 
 from __future__ import annotations
@@ -74,7 +75,6 @@ def render_with_blender(
     texture: np.ndarray | None = None,
     threads: int = 0,
     denoise: bool = False,
-    pixel_filter_width: float = 0.01,
     save_color: bool = False,
     venv: str | os.PathLike | None = None,
     workdir: str | os.PathLike | None = None,
@@ -134,7 +134,6 @@ def render_with_blender(
             "output_dir": str(out_dir),
             "threads": int(threads),
             "denoise": bool(denoise),
-            "pixel_filter_width": float(pixel_filter_width),
             "save_color": bool(save_color),
         }
         (tmpdir / "job.json").write_text(json.dumps(job))

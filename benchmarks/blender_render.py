@@ -14,7 +14,6 @@ JOB.json:
       "output_dir": "out/",
       "threads": 0,                # 0 = all cores
       "denoise": false,
-      "pixel_filter_width": 0.01,  # Cycles' box filter width in pixels (0.01 is Cycles' minimum)
       "save_color": false,         # also store the Combined pass (linear RGBA float16) per view
       "keep_exr": false
     }
@@ -32,9 +31,10 @@ OpenEXR package installed in the same venv.
 
 Observed Cycles behaviour (Blender 5.0.1): the Z pass of an orthographic camera is planar depth along the view
 axis; background pixels hold 1e10 (Cycles writes 1e10 where nothing was hit) and background Position is 0.
-Depth and Position are written from each pixel's first sample only (not averaged), at a position jittered by
-the pixel filter; with a box filter of width 0.01 px the sample lies within +-0.005 px of the pixel centre
-(u + 0.5, v + 0.5).
+Depth and Position are written from each pixel's first sample only (not averaged over samples), and Cycles
+places that first sample at the pixel-filter centre, i.e. at the pixel centre (u + 0.5, v + 0.5) -- measured
++0.0005 px right and +0.0005 px up of it (the filter-table lookup's half-bin), for any filter type/width and
+sample count. At 1024 px and ortho_scale 1.1 that is 5e-7 world units.
 """
 
 from __future__ import annotations
@@ -122,8 +122,10 @@ def _setup_scene(job: dict) -> bpy.types.Scene:
     cyc.samples = int(job.get("samples", 16))
     cyc.use_adaptive_sampling = False
     cyc.use_denoising = bool(job.get("denoise", False))
-    cyc.pixel_filter_type = "BOX"
-    cyc.filter_width = float(job.get("pixel_filter_width", 0.01))
+    # The pixel filter is left at Cycles' default (Blackman-Harris, 1.5 px): it only shapes the anti-aliased
+    # Combined pass. Cycles takes each pixel's first sample at the filter centre and writes Depth/Position
+    # from that sample alone, so the geometry passes are point samples at the pixel centre whatever the
+    # filter. (A BOX filter is always 1 px wide in Cycles, whatever filter_width says.)
     cyc.seed = 0
 
     r = scene.render
