@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import struct
+import warnings
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -98,10 +99,13 @@ def _pixel_guard(max_pixels: int):
 def _check_image_header(path: Path, what: str, data: bytes | Path, max_pixels: int) -> None:
     """Read only the image header: size against the limit, and that PIL recognises the format at all."""
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-            width, height = img.size
+        with warnings.catch_warnings():
+            # Between one and two times the limit PIL only warns; we raise below with a clearer message.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+                width, height = img.size
     except Image.DecompressionBombError as e:
-        raise TextureTooLargeError(f"{path}: {what} is larger than {max_pixels} pixels ({e})") from e
+        raise TextureTooLargeError(f"{path}: {what} is over the limit of {max_pixels} pixels ({e})") from e
     except Exception as e:
         raise TextureMissingError(f"{path}: {what} is not a readable image ({type(e).__name__}: {e})") from e
     if width * height > max_pixels:
@@ -169,6 +173,10 @@ def _check_gltf(path: Path, max_pixels: int) -> list[str]:
             buffers[index] = binary if uri is None else _uri_bytes(path, uri, f"buffer {index}")
         return buffers[index]
 
+    for i, spec in enumerate(header.get("buffers", [])):
+        uri = spec.get("uri", "")
+        if uri and not uri.startswith("data:") and not (path.parent / unquote(uri)).is_file():
+            raise MeshReadError(f"{path}: buffer {i} refers to missing file {unquote(uri)!r} (looked in {path.parent})")
     for i, image in enumerate(header.get("images", [])):
         what = f"texture image {i} ({image.get('uri') or image.get('name') or 'embedded'})"
         if "uri" in image:
@@ -255,7 +263,13 @@ def _part(
     if normals is None:
         if file_normals is not None:
             warns.append(f"{path.name}: part {name!r} has invalid normals in the file; recomputed them")
-        normals = np.asarray(geometry.vertex_normals, dtype=np.float64)
+        # Not `geometry.vertex_normals`: that would hand back the rejected file normals from the cache.
+        normals = trimesh.geometry.weighted_vertex_normals(
+            vertex_count=len(vertices),
+            faces=faces,
+            face_normals=geometry.face_normals,
+            face_angles=geometry.face_angles,
+        )
 
     linear = transform[:3, :3]
     vertices = vertices @ linear.T + transform[:3, 3]
