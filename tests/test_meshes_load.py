@@ -46,7 +46,7 @@ def _gltf(tmp_path: Path, name="tri.gltf", **extra) -> Path:
         "scenes": [{"nodes": [0]}],
         "nodes": [{"mesh": 0}],
         "meshes": [{"primitives": [{"attributes": {"POSITION": 0}, "indices": 1}]}],
-        "buffers": [{"byteLength": len(blob), "uri": "data:application/octet-stream;base64," + base64.b64encode(blob).decode()}],
+        "buffers": [{"byteLength": len(blob), "uri": "data:;base64," + base64.b64encode(blob).decode()}],
         "bufferViews": [
             {"buffer": 0, "byteOffset": 0, "byteLength": 36},
             {"buffer": 0, "byteOffset": 36, "byteLength": 6},
@@ -189,7 +189,8 @@ def test_obj_texture_too_large(tmp_path):
     _png(tmp_path / "big.png", size=(200, 100))
     _write(tmp_path / "m.mtl", "newmtl a\nmap_Kd big.png\n")
     path = _write(tmp_path / "m.obj", "mtllib m.mtl\n" + TRIANGLE_OBJ + "usemtl a\nf 1/1 2/2 3/3\n")
-    with pytest.raises(TextureTooLargeError, match=r"m\.obj: texture 'big\.png' is 200x100 = 20000 pixels, over the limit of 10000"):
+    message = r"m\.obj: texture 'big\.png' is 200x100 = 20000 pixels, over the limit of 10000"
+    with pytest.raises(TextureTooLargeError, match=message):
         load_mesh(path, max_texture_pixels=10_000)
     assert load_mesh(path, max_texture_pixels=20_000).parts[0].texture.shape == (100, 200, 4)
 
@@ -263,7 +264,8 @@ def test_texture_rows_and_uv_convention(tmp_path):
 def test_multi_node_transforms_are_applied(tmp_path):
     scene = trimesh.Scene()
     box = trimesh.creation.box(extents=(1, 1, 1))
-    scene.add_geometry(box, geom_name="a", node_name="a", transform=trimesh.transformations.translation_matrix((3, 0, 0)))
+    shift = trimesh.transformations.translation_matrix((3, 0, 0))
+    scene.add_geometry(box, geom_name="a", node_name="a", transform=shift)
     turn = trimesh.transformations.rotation_matrix(np.pi / 2, (0, 0, 1))
     turn[:3, 3] = (0, -2, 0)
     scene.add_geometry(trimesh.creation.box(extents=(2, 1, 1)), geom_name="b", node_name="b", transform=turn)
@@ -353,3 +355,12 @@ def test_fuze_texture_name_with_space(shared_meshes):
     part = load_mesh(shared_meshes / "fuze.obj").parts[0]
     assert part.texture is not None and part.texture.shape == (1024, 1024, 4)
     assert part.uv.shape == (len(part.vertices), 2)
+
+
+def test_texture_without_uv_is_ignored_with_warning(tmp_path):
+    _png(tmp_path / "t.png")
+    _write(tmp_path / "m.mtl", "newmtl a\nmap_Kd t.png\n")
+    path = _write(tmp_path / "m.obj", "mtllib m.mtl\nv 0 0 0\nv 1 0 0\nv 0 1 0\nusemtl a\nf 1 2 3\n")
+    mesh = load_mesh(path)
+    assert mesh.parts[0].texture is None
+    assert any("no valid UVs" in w for w in mesh.warnings)

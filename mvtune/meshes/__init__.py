@@ -13,10 +13,12 @@ from mvtune.meshes.load import (
     load_mesh,
 )
 from mvtune.meshes.mesh import NEUTRAL_GREY, Mesh, MeshError, MeshPart
+from mvtune.meshes.procedural import SAMPLE_NAMES, sample_mesh, write_sample_meshes
 
 __all__ = [
     "DEFAULT_MAX_TEXTURE_PIXELS",
     "NEUTRAL_GREY",
+    "SAMPLE_NAMES",
     "SUPPORTED_EXTENSIONS",
     "InvalidGeometryError",
     "Mesh",
@@ -30,4 +32,6 @@ __all__ = [
     "canonical_transform",
     "load_mesh",
     "normalize_mesh",
+    "sample_mesh",
+    "write_sample_meshes",
 ]

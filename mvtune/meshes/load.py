@@ -285,7 +285,7 @@ def _part(
         normals=normals.astype(np.float32),
         name=name,
     )
-    _apply_visual(path, geometry, part, max_pixels)
+    _apply_visual(path, geometry, part, max_pixels, warns)
     return part
 
 
@@ -302,7 +302,7 @@ def _sane_normals(normals: np.ndarray | None, count: int) -> np.ndarray | None:
     return normals / length
 
 
-def _apply_visual(path: Path, geometry: trimesh.Trimesh, part: MeshPart, max_pixels: int) -> None:
+def _apply_visual(path: Path, geometry: trimesh.Trimesh, part: MeshPart, max_pixels: int, warns: list[str]) -> None:
     """Fill texture/uv, vertex colours or colour factor; untextured, uncoloured parts get neutral grey."""
     visual = geometry.visual
     count = len(part.vertices)
@@ -320,6 +320,8 @@ def _apply_visual(path: Path, geometry: trimesh.Trimesh, part: MeshPart, max_pix
         if image is not None and uv is not None:
             part.texture = _decode_texture(path, image, max_pixels)
             part.uv = uv.astype(np.float32)
+        elif image is not None:
+            warns.append(f"{path.name}: part {part.name!r} has a texture but no valid UVs; texture ignored")
         colors = visual.vertex_attributes.get("color") if hasattr(visual, "vertex_attributes") else None
         if part.texture is None and colors is not None and len(colors) == count:
             part.vertex_colors = _rgba_uint8(colors)

@@ -268,7 +268,8 @@ def _paint_atlas(body: tuple[int, int, int]) -> np.ndarray:
     where, theta, phi = grid("head")
     head = base * (1.15 - 0.3 * theta / math.pi)[..., None]
     cheek = np.exp(-(((theta - 1.75) / 0.25) ** 2 + ((np.abs(phi) - 1.2) / 0.3) ** 2))
-    atlas[where][..., :3] = head * (1 - 0.5 * cheek[..., None]) + np.array([250.0, 120.0, 140.0]) * 0.5 * cheek[..., None]
+    blush = 0.5 * cheek[..., None]
+    atlas[where][..., :3] = head * (1 - blush) + np.array([250.0, 120.0, 140.0]) * blush
     where, theta, phi = grid("beak")
     mouth = np.abs(theta - math.pi / 2) < 0.08
     atlas[where][..., :3] = np.asarray(_BEAK, np.float64) * np.where(mouth, 0.6, 1.0)[..., None]
