@@ -75,6 +75,8 @@ def load_mesh(path: str | Path, *, max_texture_pixels: int = DEFAULT_MAX_TEXTURE
         try:
             scene = trimesh.load(path, process=False, force="scene")
         except IndexError as e:
+            if ext != ".obj":
+                raise MeshReadError(f"{path}: cannot parse {ext} file (IndexError: {e})") from e
             # trimesh's OBJ parser indexes the vertex array with the file's face indices directly.
             raise InvalidGeometryError(f"{path}: face indices out of range ({e})") from e
         except Exception as e:
@@ -87,7 +89,10 @@ def load_mesh(path: str | Path, *, max_texture_pixels: int = DEFAULT_MAX_TEXTURE
 
 @contextlib.contextmanager
 def _pixel_guard(max_pixels: int):
-    """Make PIL itself refuse oversized images while we load, as a backstop to the header checks."""
+    """Make PIL itself refuse oversized images while we load, as a backstop to the header checks.
+
+    PIL's limit is process-global: threads loading concurrently with different limits see each other's.
+    """
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
@@ -205,7 +210,10 @@ def _check_gltf(path: Path, max_pixels: int) -> list[str]:
 
 def _check_obj(path: Path, max_pixels: int) -> None:
     """The material library and its diffuse maps must exist, parsed the way trimesh parses them."""
-    text = path.read_text(errors="replace")
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        raise MeshReadError(f"{path}: cannot read file ({e})") from e
     start = text.find("mtllib")
     if start < 0:
         return
@@ -214,7 +222,11 @@ def _check_obj(path: Path, max_pixels: int) -> None:
     mtl = path.parent / mtl_name
     if not mtl.is_file():
         raise TextureMissingError(f"{path}: material library {mtl_name!r} not found (looked in {path.parent})")
-    for line in mtl.read_text(errors="replace").splitlines():
+    try:
+        mtl_text = mtl.read_text(errors="replace")
+    except OSError as e:
+        raise TextureMissingError(f"{path}: cannot read material library {mtl_name!r} ({e})") from e
+    for line in mtl_text.splitlines():
         stripped = line.strip()
         if stripped.lower().startswith("map_kd"):
             name = stripped[6:].strip()
