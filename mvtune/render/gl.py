@@ -134,17 +134,50 @@ void main() {
 }
 """
 
+# The geometry pass clamps barycentrics to the triangle: the rasteriser's coverage test (fixed point) and its
+# attribute interpolation (float plane equations) disagree on sliver triangles, and plain interpolation can then
+# put a pixel's position far off the surface (seen on Duck.glb: 0.29 world units). Depth is rewritten from the
+# clamped point so that visibility agrees with what is stored.
+_GEOMETRY_GEOMETRY = """
+#version 330
+layout(triangles) in;
+layout(triangle_strip, max_vertices = 3) out;
+in vec3 v_position[];
+in vec3 v_normal[];
+flat out vec3 f_position[3];
+flat out vec3 f_normal[3];
+out vec3 f_bary;
+void main() {
+    for (int i = 0; i < 3; ++i) {
+        for (int j = 0; j < 3; ++j) {
+            f_position[j] = v_position[j];
+            f_normal[j] = v_normal[j];
+        }
+        f_bary = vec3(i == 0, i == 1, i == 2);
+        gl_Position = gl_in[i].gl_Position;
+        EmitVertex();
+    }
+}
+"""
+
 _GEOMETRY_FRAGMENT = """
 #version 330
+uniform mat4 mvp;
 uniform vec3 camera_position;
 uniform vec3 camera_back;
-in vec3 v_position;
-in vec3 v_normal;
+flat in vec3 f_position[3];
+flat in vec3 f_normal[3];
+in vec3 f_bary;
 layout(location = 0) out vec4 out_position_depth;
 layout(location = 1) out uvec4 out_normal;
 void main() {
-    vec3 n = normalize(v_normal);
-    out_position_depth = vec4(v_position, dot(camera_position - v_position, camera_back));
+    vec3 b = max(f_bary, vec3(0.0));
+    b /= b.x + b.y + b.z;
+    vec3 p = b.x * f_position[0] + b.y * f_position[1] + b.z * f_position[2];
+    vec3 n = normalize(b.x * f_normal[0] + b.y * f_normal[1] + b.z * f_normal[2]);
+    vec4 clip = mvp * vec4(p, 1.0);
+    gl_FragDepth = 0.5 * clip.z / clip.w + 0.5;
+    out_position_depth = vec4(p, dot(camera_position - p, camera_back));
     out_normal = uvec4(uvec3(clamp(floor(255.0 * (0.5 * n + 0.5)), 0.0, 255.0)), 255u);
 }
 """
@@ -279,7 +312,14 @@ class Renderer:
             log.warning("MSAA %d requested but the GL driver allows %d samples", msaa, self.msaa)
         self.sh = None if self.lighting == "albedo" else easylight_sh(lighting, exposure)
 
-        self._geometry = ctx.program(vertex_shader=_VERTEX, fragment_shader=_GEOMETRY_FRAGMENT)
+        with ctx:
+            self._create_gl_objects()
+
+    def _create_gl_objects(self) -> None:
+        ctx = self.ctx
+        self._geometry = ctx.program(
+            vertex_shader=_VERTEX, geometry_shader=_GEOMETRY_GEOMETRY, fragment_shader=_GEOMETRY_FRAGMENT
+        )
         self._color = ctx.program(vertex_shader=_VERTEX, fragment_shader=_COLOR_FRAGMENT)
         self._encode = ctx.program(vertex_shader=_FULLSCREEN_VERTEX, fragment_shader=_ENCODE_FRAGMENT)
         self._color["lit"].value = self.sh is not None
@@ -312,12 +352,14 @@ class Renderer:
         """All views of one mesh; the mesh is uploaded once and released afterwards."""
         if not mesh.parts:
             raise RenderError(f"{mesh.source or 'mesh'}: no parts to render")
-        parts = [_GpuPart(self.ctx, part, self._geometry, self._color) for part in mesh.parts]
-        try:
-            return [self._render_view(parts, view, position) for view in views]
-        finally:
-            for part in parts:
-                part.release()
+        # Make this renderer's context current: another context created since (in this thread) took over.
+        with self.ctx:
+            parts = [_GpuPart(self.ctx, part, self._geometry, self._color) for part in mesh.parts]
+            try:
+                return [self._render_view(parts, view, position) for view in views]
+            finally:
+                for part in parts:
+                    part.release()
 
     def _render_view(self, parts: list[_GpuPart], view: View, position: bool) -> ViewImages:
         ctx = self.ctx
