@@ -95,7 +95,10 @@ def render_with_blender(
         alpha     (V,H,W) float32      Cycles' anti-aliased coverage (all samples)
         color     (V,H,W,4) float16    linear RGBA, only with save_color
         seconds   (V,) float64         wall time of each view's render call (incl. writing its EXR)
-        seconds_per_view  float        mean of `seconds` excluding the first view (BVH build), or the only one
+        cpu_seconds (V,) float64       CPU time (all threads) of each view's render call; on a busy machine
+                                       cpu_seconds / threads estimates the wall time an idle one would take
+        seconds_per_view  float        mean of `seconds`
+        cpu_seconds_per_view float     mean of `cpu_seconds`
         setup_seconds     float        scene and mesh construction inside Blender
         wall_seconds      float        the whole subprocess, including Blender start-up
         info      dict                 timing.json written by Blender (version, threads, samples, ...)
@@ -181,7 +184,9 @@ def render_with_blender(
                     result["color"][i] = d["color"]
         secs = np.array([pv["render_s"] for pv in info["views"]], dtype=np.float64)
         result["seconds"] = secs
-        result["seconds_per_view"] = float(secs[1:].mean() if len(secs) > 1 else secs[0])
+        result["seconds_per_view"] = float(secs.mean())
+        result["cpu_seconds"] = np.array([pv["render_cpu_s"] for pv in info["views"]], dtype=np.float64)
+        result["cpu_seconds_per_view"] = float(result["cpu_seconds"].mean())
         result["setup_seconds"] = float(info["setup_s"])
         result["wall_seconds"] = wall
         result["info"] = info

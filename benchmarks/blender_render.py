@@ -242,8 +242,10 @@ def main(argv: list[str]) -> int:
         exr = os.path.join(out_dir, f"view_{index}.exr")
         scene.render.filepath = exr
         t = time.perf_counter()
+        c = time.process_time()
         bpy.ops.render.render(write_still=True)
         render_s = time.perf_counter() - t
+        render_cpu_s = time.process_time() - c  # all threads of this process
         if not os.path.exists(exr):
             raise RuntimeError(f"Blender did not write {exr}")
         t = time.perf_counter()
@@ -258,8 +260,8 @@ def main(argv: list[str]) -> int:
         if not job.get("keep_exr"):
             os.remove(exr)
         read_s = time.perf_counter() - t
-        per_view.append({"index": index, "render_s": render_s, "readback_s": read_s})
-        _log(f"view {index}: render {render_s:.2f} s, readback {read_s:.2f} s")
+        per_view.append({"index": index, "render_s": render_s, "render_cpu_s": render_cpu_s, "readback_s": read_s})
+        _log(f"view {index}: render {render_s:.2f} s (CPU {render_cpu_s:.2f} s), readback {read_s:.2f} s")
 
     timing = {
         "blender_version": bpy.app.version_string,
