@@ -118,6 +118,13 @@ def test_row_col_attention_matches_the_spec_formula():
     torch.testing.assert_close(row_col_attention(q, k, v), _naive_row_col(q, k, v), rtol=1e-10, atol=1e-10)
 
 
+def test_hard_wired_groups_follow_the_shared_tg2mv_view_order():
+    from mvtune.models.attention import _COL_VIEWS, _ROW_VIEWS, TG2MV_VIEWS
+
+    assert [TG2MV_VIEWS[i] for i in _ROW_VIEWS] == ["front", "right", "back", "left"]
+    assert [TG2MV_VIEWS[i] for i in _COL_VIEWS] == ["front", "back", "top", "bottom"]
+
+
 def test_fresh_processor_equals_plain_attention():
     torch.manual_seed(0)
     attn = Attention(query_dim=CHANNELS, heads=HEADS, dim_head=CHANNELS // HEADS, out_bias=True)

@@ -116,3 +116,13 @@ def test_prompt_encoding_and_time_ids():
     assert embeds.shape == (2, 77, 32) and pooled.shape == (2, 32)  # 16 + 16 features, projection 32
     assert not torch.equal(embeds[0], embeds[1])
     assert sdxl_time_ids(768, 768).tolist() == [768, 768, 0, 0, 768, 768]
+
+
+def test_t2mv_maps_from_the_shared_camera_layout():
+    from mvtune.cameras import variant_cameras
+
+    views = variant_cameras("t2mv")
+    maps = plucker_condition_maps(np.stack([view.c2w for view in views]), 32, 32)
+    assert maps.shape == (6, 6, 32, 32)
+    # front camera sits on -Y (the object's front) and looks along +Y
+    torch.testing.assert_close(maps[0, :, 0, 0], torch.tensor([0.5, 1.0, 0.5, 0.5, 0.0, 0.5]), atol=1e-6, rtol=0)

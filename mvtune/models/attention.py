@@ -20,15 +20,16 @@ from torch import nn
 from diffusers import T2IAdapter, UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
+from mvtune.cameras import variant_views
 from mvtune.models.errors import MVAdapterError
 
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("t2mv", "tg2mv")
 # tg2mv is trained on exactly this view order; the row/column groups below depend on it.
-TG2MV_VIEWS = ("front", "right", "back", "left", "top", "bottom")
-_ROW_VIEWS = [0, 1, 2, 3]
-_COL_VIEWS = [0, 2, 4, 5]  # the front view enters the column group mirrored left-right
+TG2MV_VIEWS = variant_views("tg2mv").names
+_ROW_VIEWS = [0, 1, 2, 3]  # front, right, back, left
+_COL_VIEWS = [0, 2, 4, 5]  # front (mirrored left-right), back, top, bottom
 
 
 def _split_views(x: torch.Tensor, num_views: int) -> torch.Tensor:
