@@ -102,12 +102,12 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _read(path: Path, what: str, reader):
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing ({what}); re-render the object or load with on_error='skip'")
     try:
         return reader(path)
     except DatasetError:
         raise
-    except FileNotFoundError:
-        raise DatasetError(f"{path} is missing ({what}); re-render the object or load with on_error='skip'") from None
     except Exception as exc:
         raise DatasetError(
             f"{path} cannot be read as {what}: {type(exc).__name__}: {exc}; re-render the object or load with "
