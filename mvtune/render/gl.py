@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import moderngl
 import numpy as np
@@ -311,6 +312,7 @@ class Renderer:
         if msaa > 1 and self.msaa < msaa:
             log.warning("MSAA %d requested but the GL driver allows %d samples", msaa, self.msaa)
         self.sh = None if self.lighting == "albedo" else easylight_sh(lighting, exposure)
+        self.last_timings: dict[str, float] = {}
 
         with ctx:
             self._create_gl_objects()
@@ -350,18 +352,38 @@ class Renderer:
 
     def render(self, mesh: Mesh, views: Sequence[View], position: bool = False) -> list[ViewImages]:
         """All views of one mesh; the mesh is uploaded once and released afterwards."""
+        return list(self.render_iter(mesh, views, position))
+
+    def render_iter(self, mesh: Mesh, views: Sequence[View], position: bool = False) -> Iterator[ViewImages]:
+        """Like render, one view at a time, so a caller can encode view i while view i+1 renders.
+
+        Seconds spent are summed per stage into `last_timings` (upload, draw, readback).
+        """
         if not mesh.parts:
             raise RenderError(f"{mesh.source or 'mesh'}: no parts to render")
+        self.last_timings = {"upload": 0.0, "draw": 0.0, "readback": 0.0}
         # Make this renderer's context current: another context created since (in this thread) took over.
         with self.ctx:
+            start = time.perf_counter()
             parts = [_GpuPart(self.ctx, part, self._geometry, self._color) for part in mesh.parts]
-            try:
-                return [self._render_view(parts, view, position) for view in views]
-            finally:
+            self.last_timings["upload"] += time.perf_counter() - start
+        try:
+            for view in views:
+                with self.ctx:
+                    start = time.perf_counter()
+                    self._draw_view(parts, view)
+                    self.ctx.finish()
+                    drawn = time.perf_counter()
+                    images = self._read(position)
+                    self.last_timings["draw"] += drawn - start
+                    self.last_timings["readback"] += time.perf_counter() - drawn
+                yield images
+        finally:
+            with self.ctx:
                 for part in parts:
                     part.release()
 
-    def _render_view(self, parts: list[_GpuPart], view: View, position: bool) -> ViewImages:
+    def _draw_view(self, parts: list[_GpuPart], view: View) -> None:
         ctx = self.ctx
         c2w = view.c2w
         mvp = projection_matrix(view) @ np.linalg.inv(c2w)
@@ -392,7 +414,6 @@ class Renderer:
         self._srgb_fbo.use()
         self._premultiplied.use(0)
         self._fullscreen.render(moderngl.TRIANGLES, vertices=3)
-        return self._read(position)
 
     def _read(self, position: bool) -> ViewImages:
         h = w = self.resolution
