@@ -95,9 +95,11 @@ def row_col_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
 
 
 class MVSelfAttnProcessor(nn.Module, abc.ABC):
-    """Self-attention of the base layer plus a parallel, trainable multi-view attention branch."""
+    """Self-attention of the base layer plus a parallel, trainable multi-view attention branch.
 
-    variant: str
+    `num_views` and `mv_scale` come per call through the UNet's cross_attention_kwargs; the view count given
+    at construction is only the default (unlike the reference, a call does not overwrite it).
+    """
 
     def __init__(self, attn: Attention, num_views: int):
         super().__init__()
@@ -203,16 +205,12 @@ class MVSelfAttnProcessor(nn.Module, abc.ABC):
 class RowMVAttnProcessor(MVSelfAttnProcessor):
     """t2mv: row attention across any number of views."""
 
-    variant = "t2mv"
-
     def mv_attention(self, q, k, v, num_views):
         return row_attention(q, k, v)
 
 
 class RowColMVAttnProcessor(MVSelfAttnProcessor):
     """tg2mv: row attention over the side views + column attention over front/back/top/bottom."""
-
-    variant = "tg2mv"
 
     def mv_attention(self, q, k, v, num_views):
         if num_views != len(TG2MV_VIEWS):
