@@ -21,7 +21,7 @@ from rich.table import Table
 app = typer.Typer(help="mvtune: fine-tune MV-Adapter to texture 3D meshes in new themes.", no_args_is_help=True)
 dataset_app = typer.Typer(help="Inspect, validate and split rendered datasets.", no_args_is_help=True)
 app.add_typer(dataset_app, name="dataset")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 @app.callback()
