@@ -172,7 +172,7 @@ def _print_report(result) -> None:
 
 @app.command()
 def demo(
-    out_dir: Path = typer.Option(Path("demo-output"), help="Where the demo writes meshes, dataset and reports."),
+    out_dir: Path = typer.Option(Path("demo-output"), "--out", help="Where the demo writes meshes, dataset and reports."),
     resolution: int = typer.Option(256, help="Render resolution for the demo dataset."),
 ) -> None:
     """The main job on built-in data: sample meshes -> rendered dataset -> validation report."""
