@@ -126,3 +126,10 @@ def test_t2mv_maps_from_the_shared_camera_layout():
     assert maps.shape == (6, 6, 32, 32)
     # front camera sits on -Y (the object's front) and looks along +Y
     torch.testing.assert_close(maps[0, :, 0, 0], torch.tensor([0.5, 1.0, 0.5, 0.5, 0.0, 0.5]), atol=1e-6, rtol=0)
+
+
+def test_half_precision_sampling_runs():
+    pipe = MVAdapterPipeline.from_components(build_tiny_sdxl(seed=0), variant="tg2mv").to("cpu", torch.bfloat16)
+    assert pipe.cond_encoder.dtype == torch.bfloat16
+    images = _sample(pipe, _condition(), num_inference_steps=1)
+    assert images.shape == (6, 64, 64, 3) and np.isfinite(images).all()
