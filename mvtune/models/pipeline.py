@@ -129,6 +129,8 @@ class MVAdapterPipeline:
         cond_encoder = attach_mv_adapter(unet, variant=variant, num_views=num_views)
         if adapter is not None:
             load_adapter(adapter, unet, cond_encoder, strict=True)
+        else:
+            logger.warning("no adapter file given: the %s MV branch and cond encoder are untrained", variant)
         return cls(
             vae=components["vae"],
             text_encoder=components["text_encoder"],
