@@ -62,7 +62,8 @@ def _cast(view: cameras.View, spheres, res: int, sub: int):
         p = ray_o + t[..., None] * ray_d
         nrm = (p - centre) / radius
         normal = np.where(closer[..., None], nrm, normal)
-        shade = 0.55 + 0.45 * np.clip(nrm @ np.array([0.3, -0.5, 0.8]), 0, 1)
+        # light symmetric in X, so the mirrored object's render is the exact mirror image
+        shade = 0.55 + 0.45 * np.clip(nrm @ np.array([0.0, -0.5, 0.8]), 0, 1)
         colour = np.where(closer[..., None], rgb * shade[..., None], colour)
     return depth, normal, colour
 
