@@ -73,6 +73,10 @@ def test_rerun_skips_done_objects_and_settings_change_rerenders(meshes_dir, tmp_
     assert tree_digest(out) == before
     changed = render_dataset(RenderConfig(input=meshes_dir, out_dir=out, resolution=RES + 16))
     assert changed.rendered == 3
+    from PIL import Image
+
+    first = json.loads((out / "scene_list.json").read_text())[0]
+    assert Image.open(out / first[:2] / first / "color_0000.webp").size == (RES + 16, RES + 16)
 
 
 def test_broken_meshes_are_reported_and_the_rest_finish(meshes_dir, tmp_path):

@@ -207,17 +207,20 @@ def is_done(obj_dir: Path, digest: str, settings: dict) -> bool:
 
 # ---- worker side -------------------------------------------------------------------------------------------
 
-_renderer = None
+_renderers: dict[tuple[int, str], object] = {}
 
 
 def _worker_renderer(cfg: RenderConfig):
-    """One GL context per process, created on first use and reused for every object the process renders."""
-    global _renderer
-    if _renderer is None:
+    """One GL context per process and settings, created on first use and reused for every object."""
+    key = (cfg.resolution, cfg.lighting)
+    if key not in _renderers:
         from mvtune.render.gl import Renderer
 
-        _renderer = Renderer(resolution=cfg.resolution, lighting=cfg.lighting)
-    return _renderer
+        for old in _renderers.values():  # one live context per process is enough
+            old.release()
+        _renderers.clear()
+        _renderers[key] = Renderer(resolution=cfg.resolution, lighting=cfg.lighting)
+    return _renderers[key]
 
 
 def render_object(cfg: RenderConfig, object_id: str, src: Path, digest: str) -> dict:
