@@ -54,7 +54,7 @@ def textured_sphere(triangles: int, radius: float = 0.5) -> Mesh:
     """UV sphere with about `triangles` triangles and a 1024² procedural texture."""
     import trimesh
 
-    rows = max(8, int(round(np.sqrt(triangles / 4))))  # uv_sphere makes ~4 * rows * (2 * rows) / 2 triangles
+    rows = max(8, int(round(np.sqrt(triangles / 8))))  # uv_sphere(count=[r, 2r]) has ~8 r² triangles
     sphere = trimesh.creation.uv_sphere(radius=radius, count=[rows, 2 * rows])
     v = sphere.vertices.astype(np.float32)
     n = v / np.linalg.norm(v, axis=1, keepdims=True)

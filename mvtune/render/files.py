@@ -24,9 +24,10 @@ from PIL import Image
 
 from mvtune.cameras import View
 
-#: Lossless WebP settings chosen by measurement (benchmarks/RESULTS.md, "Render (issue 2)"): at 1024² on
-#: renders, method 0 is ~4x faster than the default (method 4) for ~10-20% larger files.
-WEBP_LOSSLESS = {"lossless": True, "quality": 100, "method": 0}
+#: Lossless WebP settings chosen by measurement (benchmarks/RESULTS.md, "Render (issue 2)"). Lossless
+#: "quality" is encoder effort. At 1024², method 0 quality 75 encodes 3-5x faster than method >= 1 and ~1.6x
+#: faster than method 0 quality 100, for files ~10% larger than q100; the depth EXR outweighs both WebPs anyway.
+WEBP_LOSSLESS = {"lossless": True, "quality": 75, "method": 0}
 #: ZIP (zlib, 16 scanlines per block): small and deterministic; see RESULTS.md for the alternatives measured.
 EXR_COMPRESSION = "ZIP_COMPRESSION"
 
