@@ -1,0 +1,604 @@
+"""The training config: one typed, validated object per run, also reachable from MV-Adapter's own YAML layout.
+
+Two layouts load into the same `TrainConfig`:
+* mvtune's (sections `data`, `model`, `objective`, `optim`, `lora`, `prior`, `ema`, `validation`, `trainer`,
+  `checkpoint`, `output` + top-level `strategy`, `train_cond_encoder`);
+* MV-Adapter's (`data_cls`, `data`, `system_cls`, `system`, `trainer`, `checkpoint`, with `${a.b}`
+  interpolation), mapped key by key (see MVADAPTER_KEYS); class paths become a variant or are ignored with a
+  notice, anything unknown is an error.
+`key=value` overrides always use mvtune's keys. Checks that read the disk (paths, the dataset's view poses)
+live in `check_config`, so a config parses anywhere and fails up front, before torch loads, where it runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("adapter", "lora", "adapter+lora")
+TINY_BASE = "tiny"  # model.base value for the random tiny SDXL (tests, demo)
+
+
+class TrainConfigError(Exception):
+    """A config that cannot run; the message names the key or file and what to do."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    root: Path
+    scene_list: Path | None = None  # None: the split files root/split_{train,val}.json
+    train_indices: tuple[int | None, int | None] | None = None  # MV-Adapter style slices of scene_list
+    val_indices: tuple[int | None, int | None] | None = None
+    captions: Path | None = None  # None: root/captions.json
+    image_names: list[str] | None = None  # file indices as MV-Adapter feeds them; checked against meta.json
+    height: int = Field(768, ge=32)
+    width: int = Field(768, ge=32)
+    background: str | float = "gray"
+    mirror_prob: float = Field(0.0, ge=0.0, le=1.0)
+    batch_size: int = Field(1, ge=1)
+    num_workers: int = Field(4, ge=0)
+    cache_latents: bool = False  # precompute VAE posteriors beside the dataset
+
+
+class ModelConfig(_Section):
+    base: str = TINY_BASE  # local diffusers SDXL folder, or "tiny"
+    vae: Path | None = None  # e.g. a local copy of madebyollin/sdxl-vae-fp16-fix
+    adapter: Path | None = None  # released MV-Adapter weights to start from; None = from scratch
+    variant: Literal["tg2mv", "t2mv"] = "tg2mv"
+    frozen_dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"  # VAE + text encoders; auto: fp16 on CUDA
+    gradient_checkpointing: bool = False
+    shift_noise: bool = True
+    shift_scale: float = Field(8.0, gt=0)
+
+
+class ObjectiveConfig(_Section):
+    prompt_drop_prob: float = Field(0.1, ge=0, le=1)
+    cond_drop_prob: float = Field(0.1, ge=0, le=1)  # in the text system it only drops the prompt (spec §5)
+    snr_gamma: float | None = Field(5.0, gt=0)  # None: plain MSE
+    noise_offset: float = Field(0.0, ge=0)
+    input_perturbation: float = Field(0.0, ge=0)
+    vae_max_slice: int = Field(8, ge=1)
+
+
+class LoraConfig(_Section):
+    rank: int = Field(16, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
+    lr: float = Field(1e-4, gt=0)
+
+
+class OptimConfig(_Section):
+    name: Literal["adamw", "adamw8bit", "adafactor"] = "adamw"
+    lr: float = Field(5e-5, gt=0)  # the UNet's _mv layers
+    cond_encoder_lr: float | None = Field(None, gt=0)  # None: same as lr
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(2000, ge=0)
+    warmup_start_factor: float = Field(1e-6, gt=0, le=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+
+
+class PriorConfig(_Section):
+    """Prior preservation: generic objects mixed into training so the model keeps its prompt following."""
+
+    root: Path | None = None
+    scene_list: Path | None = None  # None: root/scene_list.json
+    captions: Path | None = None
+    weight: float = Field(1.0, ge=0)  # lambda on the reg samples' loss
+    ratio: float = Field(0.25, ge=0, lt=1)  # fraction of training samples drawn from the reg set
+
+
+class EMAConfig(_Section):
+    enabled: bool = False
+    decay: float = Field(0.9999, gt=0, lt=1)
+
+
+class ValidationConfig(_Section):
+    every_n_steps: int | None = Field(2000, ge=1)  # None: at the end of every check_every_n_epochs epochs
+    check_every_n_epochs: int = Field(1, ge=1)
+    num_batches: int | None = Field(None, ge=1)  # None: the whole val split
+    num_objects: int = Field(2, ge=0)  # val objects sampled into grids
+    prompts: list[str] | None = None  # None: the objects' captions
+    num_inference_steps: int = Field(30, ge=1)
+    guidance_scale: float = 3.0
+    seed: int = 42
+    sanity_steps: int = Field(1, ge=0)
+    early_stopping_patience: int | None = Field(None, ge=1)  # validations without improvement of val/loss
+
+
+class TrainerConfig(_Section):
+    max_steps: int = -1
+    max_epochs: int | None = 10
+    precision: str = "bf16-mixed"
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    accumulate_grad_batches: int = Field(1, ge=1)
+    log_every_n_steps: int = Field(10, ge=1)
+    enable_progress_bar: bool = True
+    seed: int = 0
+
+
+class CheckpointConfig(_Section):
+    every_n_steps: int | None = Field(2000, ge=1)  # None: after each validation
+    save_last: bool = True
+    save_top_k: int = -1
+
+
+class OutputConfig(_Section):
+    dir: Path = Path("runs")
+    name: str | None = None  # None: <config stem>-<time>, or -slurm<job id> under Slurm (requeue finds it)
+
+
+class TrainConfig(_Section):
+    strategy: Literal["adapter", "lora", "adapter+lora"] = "adapter"
+    train_cond_encoder: bool = True
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    optim: OptimConfig = OptimConfig()
+    lora: LoraConfig = LoraConfig()
+    prior: PriorConfig = PriorConfig()
+    ema: EMAConfig = EMAConfig()
+    validation: ValidationConfig = ValidationConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _combinations(self) -> "TrainConfig":
+        problems = []
+        if self.data.height != self.data.width or self.data.height % 32:
+            problems.append(f"data.height/width must be equal and divisible by 32, got {self.data.height}x{self.data.width}")
+        if self.data.cache_latents and (self.data.background == "random" or self.data.mirror_prob > 0):
+            problems.append(
+                "data.cache_latents stores one latent per object, so it cannot be combined with "
+                "data.background=random or data.mirror_prob>0 (augmented images change every epoch)"
+            )
+        if self.data.image_names is not None and len(self.data.image_names) != 6:
+            problems.append(f"data.image_names must list 6 views, got {len(self.data.image_names)}")
+        if (self.data.train_indices or self.data.val_indices) and self.data.scene_list is None:
+            problems.append("data.train_indices/val_indices slice data.scene_list: set data.scene_list too")
+        if self.strategy == "lora" and self.model.adapter is None:
+            problems.append(
+                "strategy 'lora' keeps the adapter frozen, so it needs model.adapter (released weights); a fresh "
+                "adapter has a zero multi-view branch. Use strategy 'adapter+lora' to train both from scratch"
+            )
+        if self.trainer.max_steps < 0 and self.trainer.max_epochs is None:
+            problems.append("set trainer.max_steps or trainer.max_epochs, or the run never ends")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def trains_adapter(self) -> bool:
+        return self.strategy in ("adapter", "adapter+lora")
+
+    def trains_lora(self) -> bool:
+        return self.strategy in ("lora", "adapter+lora")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading: YAML, interpolation, MV-Adapter mapping, overrides, unknown keys.
+
+_INTERPOLATION = re.compile(r"\$\{([^}]+)\}")
+
+
+def resolve_interpolations(tree: Any, root: dict | None = None, _depth: int = 0) -> Any:
+    """Replace `${a.b}` by the value at a.b (typed when it is the whole string), like OmegaConf."""
+    root = tree if root is None else root
+    if _depth > 20:
+        raise TrainConfigError("config interpolation nests too deep (a cycle?)")
+    if isinstance(tree, dict):
+        return {k: resolve_interpolations(v, root, _depth) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [resolve_interpolations(v, root, _depth) for v in tree]
+    if not isinstance(tree, str) or "${" not in tree:
+        return tree
+
+    def lookup(path: str):
+        node = root
+        for part in path.strip().split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise TrainConfigError(f"interpolation ${{{path}}} refers to a key that does not exist")
+            node = node[part]
+        return resolve_interpolations(node, root, _depth + 1)
+
+    whole = _INTERPOLATION.fullmatch(tree)
+    if whole:
+        return lookup(whole.group(1))
+    return _INTERPOLATION.sub(lambda m: str(lookup(m.group(1))), tree)
+
+
+def _section_fields(model: type[BaseModel]) -> dict[str, type[BaseModel] | None]:
+    """Field name -> nested section model (or None for a leaf)."""
+    out = {}
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        candidates = [annotation, *get_args(annotation)] if get_origin(annotation) else [annotation]
+        out[name] = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return out
+
+
+def _unknown_keys(tree: dict, model: type[BaseModel], prefix: str = "") -> list[str]:
+    problems = []
+    fields = _section_fields(model)
+    for key, value in tree.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid keys: {', '.join(fields)})"
+            problems.append(f"unknown key '{prefix}{key}'{hint}")
+        elif fields[key] is not None and isinstance(value, dict):
+            problems += _unknown_keys(value, fields[key], f"{prefix}{key}.")
+    return problems
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`a.b=value` strings (value parsed as YAML) into a nested dict."""
+    tree: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise TrainConfigError(f"override {item!r} is not key=value (e.g. optim.lr=1e-5)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise TrainConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def is_mvadapter_layout(raw: dict) -> bool:
+    return "system" in raw or "system_cls" in raw or "data_cls" in raw
+
+
+# MV-Adapter key -> mvtune key (None: ignored with a notice, with the reason).
+_PROCESSORS = {
+    "mvadapter.models.attention_processor.DecoupledMVRowColSelfAttnProcessor2_0": "tg2mv",
+    "mvadapter.models.attention_processor.DecoupledMVRowSelfAttnProcessor2_0": "t2mv",
+}
+MVADAPTER_KEYS: dict[str, str | tuple[None, str]] = {
+    "data_cls": (None, "mvtune uses its own data module"),
+    "system_cls": (None, "mvtune uses its own training system"),
+    "data.root_dir": "data.root",
+    "data.scene_list": "data.scene_list",
+    "data.background_color": "data.background",
+    "data.image_names": "data.image_names",
+    "data.image_modality": (None, "colour images are always color_NNNN.webp"),
+    "data.num_views": (None, "fixed at 6 views"),
+    "data.prompt_db_path": "data.captions",
+    "data.return_prompt": (None, "prompts are always returned"),
+    "data.projection_type": (None, "orthographic views, from meta.json"),
+    "data.source_image_modality": (None, "given by the variant (tg2mv: position + normal)"),
+    "data.position_offset": (None, "positions are encoded P + 0.5 as in the reference"),
+    "data.position_scale": (None, "positions are encoded P + 0.5 as in the reference"),
+    "data.train_indices": "data.train_indices",
+    "data.val_indices": "data.val_indices",
+    "data.test_indices": (None, "testing is not part of training"),
+    "data.height": "data.height",
+    "data.width": "data.width",
+    "data.batch_size": "data.batch_size",
+    "data.num_workers": "data.num_workers",
+    "system.check_train_every_n_steps": (None, "training samples are not rendered; see validation grids"),
+    "system.cleanup_after_validation_step": (None, "nothing to clean up"),
+    "system.cleanup_after_test_step": (None, "nothing to clean up"),
+    "system.pretrained_model_name_or_path": "model.base",
+    "system.pretrained_vae_name_or_path": "model.vae",
+    "system.pretrained_adapter_name_or_path": "model.adapter",
+    "system.init_adapter_kwargs.self_attn_processor": "model.variant",
+    "system.init_adapter_kwargs.cond_in_channels": (None, "6 condition channels for both variants"),
+    "system.init_adapter_kwargs.copy_attn_weights": (None, "a fresh adapter always copies the attention weights"),
+    "system.init_adapter_kwargs.zero_init_module_keys": (None, "a fresh adapter always zero-inits to_out_mv"),
+    "system.train_cond_encoder": "train_cond_encoder",
+    "system.trainable_modules": "strategy",
+    "system.prompt_drop_prob": "objective.prompt_drop_prob",
+    "system.image_drop_prob": (None, "computed but unused by the text system (spec §5)"),
+    "system.cond_drop_prob": "objective.cond_drop_prob",
+    "system.shift_noise": "model.shift_noise",
+    "system.shift_noise_mode": (None, "only 'interpolated' exists"),
+    "system.shift_noise_scale": "model.shift_scale",
+    "system.eval_seed": "validation.seed",
+    "system.eval_num_inference_steps": "validation.num_inference_steps",
+    "system.eval_guidance_scale": "validation.guidance_scale",
+    "system.eval_height": (None, "validation samples use data.height"),
+    "system.eval_width": (None, "validation samples use data.width"),
+    "system.optimizer.name": "optim.name",
+    "system.optimizer.args.lr": "optim.lr",
+    "system.optimizer.args.betas": "optim.betas",
+    "system.optimizer.args.eps": "optim.eps",
+    "system.optimizer.args.weight_decay": "optim.weight_decay",
+    "system.optimizer.params.unet.lr": "optim.lr",
+    "system.optimizer.params.cond_encoder.lr": "optim.cond_encoder_lr",
+    "system.scheduler": "optim.warmup_steps",  # SequentialLR(LinearLR, ConstantLR), read as a whole
+    "trainer.max_epochs": "trainer.max_epochs",
+    "trainer.max_steps": "trainer.max_steps",
+    "trainer.log_every_n_steps": "trainer.log_every_n_steps",
+    "trainer.num_sanity_val_steps": "validation.sanity_steps",
+    "trainer.val_check_interval": "validation.every_n_steps",
+    "trainer.check_val_every_n_epoch": "validation.check_every_n_epochs",
+    "trainer.enable_progress_bar": "trainer.enable_progress_bar",
+    "trainer.precision": "trainer.precision",
+    "trainer.gradient_clip_val": "optim.grad_clip",
+    "trainer.strategy": "trainer.strategy",
+    "trainer.accumulate_grad_batches": "trainer.accumulate_grad_batches",
+    "trainer.devices": "trainer.devices",
+    "trainer.num_nodes": "trainer.num_nodes",
+    "checkpoint.save_last": "checkpoint.save_last",
+    "checkpoint.save_top_k": "checkpoint.save_top_k",
+    "checkpoint.every_n_train_steps": "checkpoint.every_n_steps",
+    "checkpoint.every_n_epochs": (None, "mvtune checkpoints by steps (checkpoint.every_n_steps) and at each validation"),
+}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted leaves; whole sub-dicts stay one entry where the mapping names them (scheduler)."""
+    out = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and dotted not in MVADAPTER_KEYS:
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _warmup_from_scheduler(spec: dict) -> dict:
+    """SequentialLR(LinearLR, ConstantLR(factor 1)) -> warm-up steps and start factor; anything else is refused."""
+    try:
+        first = spec["schedulers"][0] if spec.get("name") == "SequentialLR" else spec
+        if first["name"] != "LinearLR" or float(first["args"].get("end_factor", 1.0)) != 1.0:
+            raise KeyError
+        rest = spec.get("schedulers", [])[1:]
+        if any(s["name"] != "ConstantLR" or float(s.get("args", {}).get("factor", 1.0)) != 1.0 for s in rest):
+            raise KeyError
+        return {"warmup_steps": int(first["args"]["total_iters"]), "warmup_start_factor": float(first["args"]["start_factor"])}
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise TrainConfigError(
+            f"system.scheduler {json.dumps(spec)} is not a linear warm-up then constant schedule, the only one "
+            "mvtune implements (optim.warmup_steps, optim.warmup_start_factor)"
+        ) from None
+
+
+def from_mvadapter(raw: dict) -> tuple[dict, list[str]]:
+    """An MV-Adapter launcher config -> an mvtune config tree, plus notices about what was ignored."""
+    raw = resolve_interpolations(raw)
+    tree: dict = {}
+    notices: list[str] = []
+    problems: list[str] = []
+    for key, value in _flatten(raw).items():
+        target = MVADAPTER_KEYS.get(key)
+        if target is None:
+            close = difflib.get_close_matches(key, list(MVADAPTER_KEYS), n=1, cutoff=0.6)
+            problems.append(f"unknown MV-Adapter key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            continue
+        if isinstance(target, tuple):
+            notices.append(f"ignored {key}={value!r}: {target[1]}")
+            continue
+        if key == "system.init_adapter_kwargs.self_attn_processor":
+            if value not in _PROCESSORS:
+                problems.append(f"{key}={value!r}: mvtune knows {', '.join(_PROCESSORS)}")
+                continue
+            value = _PROCESSORS[value]
+        elif key == "system.trainable_modules":
+            if list(value or []) != ["_mv"]:
+                problems.append(f"{key}={value!r}: mvtune trains ['_mv'] (strategy adapter); use strategy=lora for more")
+                continue
+            value = "adapter"
+        elif key == "system.optimizer.name":
+            if str(value).lower() not in ("adamw", "adamw8bit", "adafactor"):
+                problems.append(f"{key}={value!r}: use AdamW, AdamW8bit or Adafactor")
+                continue
+            value = str(value).lower()
+        elif key == "system.scheduler":
+            for k, v in _warmup_from_scheduler(value).items():
+                _set_dotted(tree, f"optim.{k}", v)
+            continue
+        elif key == "data.background_color" and isinstance(value, list):
+            problems.append(f"{key}: an RGB list is not supported, use gray/white/black/random or a value")
+            continue
+        _set_dotted(tree, target, value)
+    if problems:
+        raise TrainConfigError("cannot map the MV-Adapter config: " + "; ".join(problems))
+    return tree, notices
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> TrainConfig:
+    """Read a YAML config in either layout, apply `key=value` overrides (mvtune keys) and validate.
+
+    Relative paths in the file stay relative to the working directory (as MV-Adapter's launcher reads them).
+    """
+    raw: dict = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise TrainConfigError(f"config file {path} does not exist") from None
+        except (OSError, yaml.YAMLError) as exc:
+            raise TrainConfigError(f"config file {path} cannot be read: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise TrainConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
+        if is_mvadapter_layout(loaded):
+            loaded, notices = from_mvadapter(loaded)
+            for notice in notices:
+                log.info("MV-Adapter config: %s", notice)
+        else:
+            loaded = resolve_interpolations(loaded)
+        raw = _merge(raw, loaded)
+    raw = _merge(raw, parse_overrides(list(overrides)))
+    problems = _unknown_keys(raw, TrainConfig)
+    if problems:
+        raise TrainConfigError("; ".join(problems))
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "config"
+            lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+        raise TrainConfigError("invalid config: " + "; ".join(lines)) from None
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """The resolved config as YAML in mvtune's layout (the experiment record in every run folder)."""
+    return yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Up-front checks that read the disk (still no torch).
+
+
+def split_lists(cfg: TrainConfig) -> dict[str, list[str]]:
+    """Scene entries of the train and val splits: slices of data.scene_list, or the split files."""
+    from mvtune.data.validate import read_scene_list
+
+    data = cfg.data
+    if data.scene_list is not None:
+        entries = read_scene_list(data.scene_list)
+        out = {}
+        for name, indices in (("train", data.train_indices), ("val", data.val_indices)):
+            out[name] = entries[slice(*indices)] if indices else list(entries)
+        return out
+    return {name: read_scene_list(data.root / f"split_{name}.json") for name in ("train", "val")}
+
+
+def prior_list(cfg: TrainConfig) -> list[str]:
+    from mvtune.data.validate import read_scene_list
+
+    return read_scene_list(cfg.prior.scene_list or cfg.prior.root / "scene_list.json")
+
+
+def _missing(path: Path | None, what: str, hint: str) -> str | None:
+    if path is not None and not Path(path).exists():
+        return f"{what} {path} does not exist; {hint}"
+    return None
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Every problem that can be found without torch: missing paths, impossible combinations, view layout.
+
+    Raises TrainConfigError listing all of them.
+    """
+    problems = []
+    data = cfg.data
+    base = cfg.model.base
+    if base != TINY_BASE and not (Path(base) / "model_index.json").is_file():
+        problems.append(
+            f"model.base {base!r} is not a local diffusers SDXL folder (no model_index.json); download it first "
+            f"(e.g. `huggingface-cli download {base} --local-dir DIR`) and set model.base=DIR"
+        )
+    for path, what, hint in (
+        (cfg.model.vae, "model.vae", "set it to a local diffusers VAE folder or null"),
+        (cfg.model.adapter, "model.adapter", "set it to the released .safetensors file or null to start from scratch"),
+        (data.root, "data.root", "set it to a dataset rendered with `mvtune render`"),
+        (data.scene_list, "data.scene_list", "set it to a JSON/TXT list of ids or null for the split files"),
+        (data.captions, "data.captions", "set it to a JSON id -> caption file or null for root/captions.json"),
+        (cfg.prior.root, "prior.root", "set it to a dataset of generic objects or null to disable prior preservation"),
+        (cfg.prior.scene_list, "prior.scene_list", "set it to the regularisation set's list"),
+    ):
+        problem = _missing(path, what, hint)
+        if problem:
+            problems.append(problem)
+    if cfg.model.base != TINY_BASE and cfg.model.vae is not None and cfg.model.vae.is_file():
+        problems.append(f"model.vae {cfg.model.vae} is a file; it must be a diffusers VAE folder")
+    if cfg.optim.name == "adamw8bit":
+        problem = bitsandbytes_problem()
+        if problem:
+            problems.append(f"optim.name=adamw8bit: {problem}; use optim.name=adafactor instead")
+    if problems:
+        raise TrainConfigError("config problems:\n  - " + "\n  - ".join(problems))
+
+    try:
+        splits = split_lists(cfg)
+    except (OSError, ValueError) as exc:
+        raise TrainConfigError(
+            f"cannot read the train/val scene lists: {exc}; run `mvtune dataset split {data.root}` or set "
+            "data.scene_list"
+        ) from None
+    for name, entries in splits.items():
+        if not entries:
+            problems.append(f"the {name} split is empty")
+    if data.captions is None and not (data.root / "captions.json").exists():
+        problems.append(f"no captions: {data.root / 'captions.json'} is missing and data.captions is not set")
+    if cfg.prior.root is not None:
+        try:
+            if not prior_list(cfg):
+                problems.append("the prior preservation scene list is empty")
+        except (OSError, ValueError) as exc:
+            problems.append(f"prior preservation scene list: {exc}")
+    if problems:
+        raise TrainConfigError("config problems:\n  - " + "\n  - ".join(problems))
+
+    if data.image_names is not None:
+        check_dataset_views(data.root, [e for es in splits.values() for e in es], cfg.model.variant, data.image_names)
+
+
+def check_dataset_views(root: Path, entries: list[str], variant: str, image_names: list[str]) -> None:
+    """Refuse image_names whose poses in meta.json are not the variant's views (the users' 0004/0005 mistake)."""
+    from mvtune.data.validate import check_view_layout, scene_dir
+
+    bad: dict[str, list[str]] = {}
+    for entry in entries:
+        meta_path = scene_dir(Path(root), entry) / "meta.json"
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            bad[entry] = [f"{meta_path} cannot be read: {exc}"]
+            continue
+        problems = check_view_layout(meta, variant, list(image_names))
+        if problems:
+            bad[entry] = problems
+    if bad:
+        first, problems = next(iter(bad.items()))
+        others = len(bad) - 1
+        raise TrainConfigError(
+            f"data.image_names {json.dumps(list(image_names))} do not match the {variant} view layout in "
+            f"{len(bad)} of {len(entries)} objects. Object {first}:\n  - " + "\n  - ".join(problems)
+            + (f"\n(and {others} more objects)" if others else "")
+            + "\nmvtune's loader picks views by pose, so data.image_names can also be removed (null)."
+        )
+
+
+def bitsandbytes_problem() -> str | None:
+    """Why 8-bit AdamW cannot run here, or None when it can."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "bitsandbytes 8-bit optimizers need a CUDA GPU"
+    return None
