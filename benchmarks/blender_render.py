@@ -33,8 +33,8 @@ Observed Cycles behaviour (Blender 5.0.1): the Z pass of an orthographic camera 
 axis; background pixels hold 1e10 (Cycles writes 1e10 where nothing was hit) and background Position is 0.
 Depth and Position are written from each pixel's first sample only (not averaged over samples), and Cycles
 places that first sample at the pixel-filter centre, i.e. at the pixel centre (u + 0.5, v + 0.5) -- measured
-+0.0005 px right and +0.0005 px up of it (the filter-table lookup's half-bin), for any filter type/width and
-sample count. At 1024 px and ortho_scale 1.1 that is 5e-7 world units.
++0.0005 px right and +0.0005 px up of it (presumably the filter-table lookup's half-bin), with the default
+Blackman-Harris and with the box filter, at 1 and at 16 samples. At 1024 px and ortho_scale 1.1 that is 5e-7 world units.
 """
 
 from __future__ import annotations
