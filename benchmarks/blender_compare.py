@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -62,6 +63,22 @@ def _view_dict(view: Any) -> dict:
         "projection": str(getattr(view, "projection", "ORTHO")),
         "fov_x": float(getattr(view, "fov_x", 0.0)),
     }
+
+
+def geometry_from_mesh(mesh: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices (N,3) float32, faces (F,3) int64) of all parts of an mvtune Mesh, concatenated.
+
+    For `render_with_blender(*geometry_from_mesh(mesh), views, ...)`; textures are per part, so pass uv/texture
+    only for single-part meshes (e.g. `mesh.parts[0].uv`, `.texture`); they affect timing, not geometry.
+    """
+    vs, fs, offset = [], [], 0
+    for part in mesh.parts:
+        vs.append(np.asarray(part.vertices, dtype=np.float32))
+        fs.append(np.asarray(part.faces, dtype=np.int64) + offset)
+        offset += len(part.vertices)
+    if not vs:
+        raise ValueError("mesh has no parts")
+    return np.concatenate(vs), np.concatenate(fs)
 
 
 def render_with_blender(
@@ -140,8 +157,6 @@ def render_with_blender(
             "save_color": bool(save_color),
         }
         (tmpdir / "job.json").write_text(json.dumps(job))
-
-        import time
 
         t0 = time.perf_counter()
         proc = subprocess.run(
