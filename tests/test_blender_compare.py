@@ -144,9 +144,12 @@ def test_blender_matches_mvtune_renderer():
     views = ortho10()
     try:
         renderer = Renderer(RES)
-        ours = renderer.render(mesh, views, position=True)
     except Exception as exc:  # no EGL on this machine
         pytest.skip(f"mvtune renderer unavailable here: {exc}")
+    try:
+        ours = renderer.render(mesh, views, position=True)
+    finally:
+        renderer.release()
     out = render_with_blender(v, f, views, RES, samples=1)
     for i, img in enumerate(ours):
         ours_mask = np.asarray(img.mask, bool)
