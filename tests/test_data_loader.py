@@ -243,7 +243,7 @@ def test_random_background_changes_rgb_only(synth):
     rand = MultiviewDataset(synth, ["aa_one"], height=LOAD_RES, width=LOAD_RES, background="random")
     a, b = gray[0], rand[0]
     torch.testing.assert_close(a["source_rgb"], b["source_rgb"], rtol=0, atol=0)
-    alpha = torch.from_numpy(gray.load_views(0).color[..., 3]).float() / 255
+    alpha = torch.from_numpy(gray.load_views(0).color[:, 3]).float() / 255
     object_pixels = (alpha == 1)[:, None].expand_as(a["rgb"])
     torch.testing.assert_close(a["rgb"][object_pixels], b["rgb"][object_pixels])
     assert (a["rgb"] - b["rgb"]).abs().max() > 0.05

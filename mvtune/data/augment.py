@@ -66,7 +66,7 @@ def mirror_views(views, variant: str):
     perm = mirror_permutation(variant)
 
     def flip(a):
-        return None if a is None else np.ascontiguousarray(a[perm][:, :, ::-1])
+        return None if a is None else np.ascontiguousarray(a[perm][..., ::-1])  # last axis is image x
 
     return dataclasses.replace(
         views,

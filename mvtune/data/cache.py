@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 #: Bump when the cached arrays change meaning.
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 def cache_file(cache_dir: Path, object_id: str) -> Path:

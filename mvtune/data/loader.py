@@ -45,13 +45,13 @@ class DatasetError(Exception):
 class ViewArrays:
     """One object's chosen views at training resolution, before the float stage (also what the cache stores)."""
 
-    color: np.ndarray  # (V, H, W, 4) uint8, PIL bicubic resize
+    color: np.ndarray  # (V, 4, H, W) uint8 RGBA planes (planar so the float stage reads contiguous memory)
     c2w: np.ndarray  # (V, 4, 4) float32, Blender camera axes
     ortho_scale: float
     indices: list[str]  # file index of each view, in layout order
     depth: np.ndarray | None = None  # (V, H, W) float32, 0 on the background
     mask: np.ndarray | None = None  # (V, H, W) uint8, depth <= 1000
-    normal: np.ndarray | None = None  # (V, H, W, 4) uint8, PIL nearest resize
+    normal: np.ndarray | None = None  # (V, 4, H, W) uint8 RGBA planes, PIL nearest resize
     mirrored: bool = False  # images mirrored in world X; the normal map's X still needs flipping
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -121,7 +121,7 @@ def _color(path: Path, height: int, width: int) -> np.ndarray:
     with Image.open(path) as im:
         if im.mode != "RGBA":
             raise DatasetError(f"{path} is {im.mode}; colour images must be RGBA (alpha is the object mask)")
-        return np.asarray(im.resize((width, height)))  # PIL default for RGBA: bicubic, premultiplied
+        return np.asarray(im.resize((width, height))).transpose(2, 0, 1)  # PIL default: bicubic, premultiplied
 
 
 def _normal(path: Path, height: int, width: int) -> np.ndarray:
@@ -130,7 +130,7 @@ def _normal(path: Path, height: int, width: int) -> np.ndarray:
     with Image.open(path) as im:
         if im.mode != "RGBA":
             raise DatasetError(f"{path} is {im.mode}; normal images must be RGBA (alpha is the object mask)")
-        return np.asarray(im.resize((width, height), Image.NEAREST))
+        return np.asarray(im.resize((width, height), Image.NEAREST)).transpose(2, 0, 1)
 
 
 def _depth(path: Path, height: int, width: int) -> np.ndarray:
@@ -183,20 +183,25 @@ def source_files(directory: Path, variant: str, indices: list[str]) -> list[Path
     return files
 
 
-def position_maps(depth: torch.Tensor, mask: torch.Tensor, c2w: torch.Tensor, scale: float) -> torch.Tensor:
-    """(V, 3, H, W) encoded positions clamp(P + 0.5, 0, 1) on the reference's integer pixel grid (spec §3.3-§3.4)."""
-    _, height, width = depth.shape
+def position_maps(
+    depth: torch.Tensor, mask: torch.Tensor, c2w: torch.Tensor, scale: float, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(V, 3, H, W) encoded positions clamp(P + 0.5, 0, 1) on the reference's integer pixel grid (spec §3.3-§3.4).
+
+    Written in place into ``out`` with broadcast row/column terms: this runs for every sample, so it avoids
+    full-size temporaries.
+    """
+    views, height, width = depth.shape
     x = (torch.arange(width, dtype=torch.float32) - width / 2) * (scale / width)
     y = (torch.arange(height, dtype=torch.float32) - height / 2) * (scale / height)
-    right, up, back, origin = (c2w[:, :3, k] for k in range(4))
+    right, up, back, origin = (c2w[:, :3, k, None, None] for k in range(4))
+    if out is None:
+        out = torch.empty(views, 3, height, width)
     # OpenCV camera = Blender columns 1 and 2 negated: P = C + x*right - y*up - z*back
-    points = (
-        origin[:, :, None, None]
-        + right[:, :, None, None] * x[None, None, None, :]
-        - up[:, :, None, None] * y[None, None, :, None]
-        - back[:, :, None, None] * depth[:, None]
-    )
-    return (points * mask[:, None] + 0.5).clamp_(0.0, 1.0)
+    torch.mul(depth[:, None], -back, out=out)
+    out.add_(right * x + origin).sub_(up * y[:, None])
+    out.mul_(mask[:, None]).add_(0.5).clamp_(0.0, 1.0)
+    return out
 
 
 def plucker_maps(c2w: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -221,6 +226,13 @@ def _background(value) -> tuple[float, float, float] | None:
     if len(rgb) != 3:
         raise ValueError(f"background {value!r}: an RGB triple needs 3 values")
     return rgb
+
+
+def _output(*shape: int) -> torch.Tensor:
+    """An output tensor; inside a DataLoader worker it is allocated in shared memory, which saves the copy
+    into shared memory that sending a 127 MB sample to the main process would otherwise cost."""
+    tensor = torch.empty(*shape)
+    return tensor.share_memory_() if torch.utils.data.get_worker_info() is not None else tensor
 
 
 class MultiviewDataset(Dataset):
@@ -336,23 +348,25 @@ class MultiviewDataset(Dataset):
         if self.mirror_prob > 0 and rng.random() < self.mirror_prob:
             views = augment.mirror_views(views, self.variant)
         background = self.background if self.background is not None else augment.random_background(rng)
-        color = torch.from_numpy(views.color).permute(0, 3, 1, 2).float().div_(255.0)
-        alpha = color[:, 3:4]
+        n_views = len(views.indices)
+        rgb, source = _output(n_views, 3, self.height, self.width), _output(n_views, 6, self.height, self.width)
+        color = torch.from_numpy(views.color)
+        alpha = color[:, 3:4].float().mul_(1.0 / 255.0)
+        # rgb*a + bg*(1-a) == (rgb - bg)*a + bg, in place on the output
         bg = torch.tensor(background, dtype=torch.float32)[None, :, None, None]
-        rgb = color[:, :3] * alpha + bg * (1.0 - alpha)
+        rgb.copy_(color[:, :3]).mul_(1.0 / 255.0).sub_(bg).mul_(alpha).add_(bg)
         c2w = torch.from_numpy(views.c2w)
         if views.depth is not None:
-            positions = position_maps(torch.from_numpy(views.depth), torch.from_numpy(views.mask).float(), c2w, views.ortho_scale)
-            normal = torch.from_numpy(views.normal).permute(0, 3, 1, 2).float().div_(255.0)
-            normal_alpha = normal[:, 3:4]
-            normals = normal[:, :3] * normal_alpha + 0.5 * (1.0 - normal_alpha)
+            position_maps(torch.from_numpy(views.depth), torch.from_numpy(views.mask), c2w, views.ortho_scale, out=source[:, :3])
+            normal = torch.from_numpy(views.normal)
+            normals = source[:, 3:]
+            normals.copy_(normal[:, :3]).mul_(1.0 / 255.0).sub_(0.5).mul_(normal[:, 3:4].float().mul_(1.0 / 255.0)).add_(0.5)
             if views.mirrored:
-                normals[:, 0] = 1.0 - normals[:, 0]  # n_x -> -n_x; 1 - v keeps the 0.5 background
-            source = torch.cat([positions, normals], dim=1)
+                normals[:, 0].neg_().add_(1.0)  # n_x -> -n_x; 1 - v keeps the 0.5 background
         else:
-            source = plucker_maps(c2w, self.height, self.width)
+            source.copy_(plucker_maps(c2w, self.height, self.width))
         return {
-            "rgb": rgb.contiguous(),
+            "rgb": rgb,
             "source_rgb": source,
             "c2w": c2w,
             "prompt": self.captions.sample(self.ids[i], epoch, i),
