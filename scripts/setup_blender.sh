@@ -36,6 +36,9 @@ fi
 if [ -z "$PY311" ] && command -v uv >/dev/null 2>&1; then
     PY311="$(uv python find 3.11 2>/dev/null || true)"
 fi
+if [ -n "$PY311" ] && ! "$PY311" -c 'import sys; assert sys.version_info[:2]==(3,11)' 2>/dev/null; then
+    die "$PY311 is not a working CPython 3.11 (bpy==$BPY_VERSION needs exactly 3.11)"
+fi
 [ -n "$PY311" ] || die "no Python 3.11 found (bpy==$BPY_VERSION needs CPython 3.11). Install it (e.g. 'pyenv install 3.11', 'uv python install 3.11' or apt python3.11) or set PYTHON311=/path/to/python3.11."
 
 echo "setup_blender.sh: using $PY311 ($("$PY311" --version 2>&1))"
