@@ -1,0 +1,117 @@
+"""Training data: the loader's MultiviewDataset per split, the prior-preservation mix, and a resumable order.
+
+Batches are `collate_multiview` batches plus `reg` (bool per object: drawn from the regularisation set).
+The train order is a pure function of (seed, epoch), and the data module stores how many batches of the current
+epoch were consumed, so a resumed run continues with exactly the next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mvtune.data.loader import EpochSampler, MultiviewDataset, collate_multiview
+from mvtune.train.config import TrainConfig, prior_list, split_lists
+
+log = logging.getLogger(__name__)
+
+
+class PriorMixDataset(Dataset):
+    """Training objects plus `ratio` of regularisation objects per epoch (exactly, up to rounding).
+
+    Indices [0, n_main) are training objects and [n_main, len) regularisation slots; the sampler shuffles both.
+    The slots walk through the regularisation set across epochs, so a large generic set is covered over time.
+    Indices >= len encode the epoch like MultiviewDataset's (see EpochSampler).
+    """
+
+    def __init__(self, main: MultiviewDataset, reg: MultiviewDataset | None, ratio: float):
+        self.main, self.reg = main, reg
+        self.n_main = len(main)
+        self.n_reg = 0 if reg is None or ratio <= 0 else max(1, round(ratio * self.n_main / (1.0 - ratio)))
+
+    def __len__(self) -> int:
+        return self.n_main + self.n_reg
+
+    def __getitem__(self, index: int) -> dict:
+        epoch, i = divmod(int(index), len(self))
+        if i < self.n_main:
+            return self.main[epoch * self.n_main + i] | {"reg": False}
+        j = (epoch * self.n_reg + i - self.n_main) % len(self.reg)
+        return self.reg[epoch * len(self.reg) + j] | {"reg": True}
+
+
+class ResumableEpochSampler(EpochSampler):
+    """EpochSampler that can skip the first `n` indices of one epoch (the part a resumed run already saw)."""
+
+    def __init__(self, size: int, shuffle: bool = True, seed: int = 0):
+        super().__init__(size, shuffle, seed)
+        self.skip: tuple[int, int] | None = None  # (epoch, indices)
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        if self.skip is not None and self.skip[0] == self.epoch:
+            indices = indices[self.skip[1] :]
+            self.skip = None
+        return iter(indices)
+
+
+def collate_train(samples: list[dict]) -> dict:
+    batch = collate_multiview(samples)
+    batch["reg"] = torch.tensor([bool(s.get("reg", False)) for s in samples])
+    return batch
+
+
+class TrainDataModule(L.LightningDataModule):
+    """Train (with the optional prior mix) and val loaders for one TrainConfig."""
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__()
+        self.cfg = cfg
+        data = cfg.data
+        splits = split_lists(cfg)
+        common = dict(variant=cfg.model.variant, height=data.height, width=data.width, seed=cfg.trainer.seed)
+        self.train_set = MultiviewDataset(
+            data.root, splits["train"], captions=data.captions, background=data.background,
+            mirror_prob=data.mirror_prob, **common,
+        )
+        self.val_set = MultiviewDataset(data.root, splits["val"], captions=data.captions, **common)
+        self.reg_set = None
+        if cfg.prior.root is not None:
+            self.reg_set = MultiviewDataset(
+                cfg.prior.root, prior_list(cfg), captions=cfg.prior.captions, background=data.background, **common
+            )
+        self.mixed = PriorMixDataset(self.train_set, self.reg_set, cfg.prior.ratio)
+        self.sampler = ResumableEpochSampler(len(self.mixed), shuffle=True, seed=cfg.trainer.seed)
+        if self.reg_set is not None:
+            log.info(
+                "prior preservation: %d regularisation + %d training objects per epoch (ratio %.2f, weight %g)",
+                self.mixed.n_reg, self.mixed.n_main, cfg.prior.ratio, cfg.prior.weight,
+            )
+
+    def train_dataloader(self) -> DataLoader:
+        workers = self.cfg.data.num_workers
+        return DataLoader(
+            self.mixed, batch_size=self.cfg.data.batch_size, sampler=self.sampler, num_workers=workers,
+            collate_fn=collate_train, persistent_workers=workers > 0, drop_last=True,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.val_set, batch_size=self.cfg.data.batch_size, num_workers=min(self.cfg.data.num_workers, 2),
+            collate_fn=collate_train,
+        )
+
+    def state_dict(self) -> dict:
+        """Where the train order stands: the epoch and how many of its batches were consumed."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": int(trainer.current_epoch), "batches_done": int(done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.sampler.skip = (state["epoch"], state["batches_done"] * self.cfg.data.batch_size)

@@ -1,0 +1,421 @@
+"""A training run: folder, trainer, callbacks, checkpoints (atomic, weights_only), resume, preemption signals.
+
+Run folder (`output.dir/<name>/`):
+  config.yaml (resolved, mvtune layout), train.log, summary.json, logs/csv/metrics.csv, logs/tensorboard/,
+  checkpoints/*.ckpt (Lightning, exact resume), export/mvadapter_<variant>.safetensors and/or
+  export/pytorch_lora_weights.safetensors (rewritten at every checkpoint), samples/step_*.png.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import tempfile
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+from mvtune.train.config import TrainConfig, TrainConfigError, check_config, dump_config, load_config
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+EXPORT_DIR = "export"
+SAMPLES_DIR = "samples"
+
+
+# ---- run folder and resume ---------------------------------------------------------------------------------
+
+
+def run_name(cfg: TrainConfig, config_stem: str) -> str:
+    """Explicit name; under Slurm the job id (a requeued job finds its own folder); else stem + time."""
+    if cfg.output.name:
+        return cfg.output.name
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        return f"{config_stem}-slurm{job}" + (f"_{task}" if task and os.environ.get("SLURM_ARRAY_JOB_ID") else "")
+    return f"{config_stem}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The global step of a readable checkpoint of ours, or None (truncated, foreign, not a checkpoint).
+
+    weights_only=True: only tensors and plain containers are unpickled, never code.
+    """
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # any unreadable file is just not a candidate
+        log.warning("skipping checkpoint %s: not readable (%s: %s)", path, type(exc).__name__, exc)
+        return None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
+        log.warning("skipping %s: not an mvtune training checkpoint", path)
+        return None
+    return int(checkpoint["global_step"])
+
+
+def find_resume_checkpoint(run_dir: Path) -> Path | None:
+    """The newest valid checkpoint of a run (Lightning's, preemption and Slurm hpc ones): highest step, then
+    newest file. Truncated files are skipped with a warning."""
+    candidates = sorted(
+        [*(run_dir / CHECKPOINT_DIR).glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")],
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    best: tuple[int, float, Path] | None = None
+    for path in candidates:
+        step = checkpoint_step(path)
+        if step is not None and (best is None or (step, path.stat().st_mtime) > best[:2]):
+            best = (step, path.stat().st_mtime, path)
+    return best[2] if best else None
+
+
+def resolve_resume(cfg: TrainConfig, config_stem: str, resume: str | None) -> tuple[Path, Path | None]:
+    """(run folder, checkpoint to resume from or None).
+
+    None: a new folder, except that a requeued Slurm job (same job id, same folder) continues its run.
+    "auto": the named (or Slurm) folder, else the newest `<stem>-*` folder with checkpoints.
+    A path: a checkpoint file or a run folder.
+    """
+    on_slurm = bool(os.environ.get("SLURM_JOB_ID"))
+    if resume is None or resume == "auto":
+        run_dir = cfg.output.dir / run_name(cfg, config_stem)
+        if resume == "auto" and not (cfg.output.name or on_slurm):
+            runs = sorted(
+                (p for p in cfg.output.dir.glob(f"{config_stem}-*") if (p / CHECKPOINT_DIR).is_dir()),
+                key=lambda p: p.stat().st_mtime,
+            )
+            run_dir = runs[-1] if runs else run_dir
+        if resume is None and not on_slurm:
+            return run_dir, None
+        checkpoint = find_resume_checkpoint(run_dir) if run_dir.is_dir() else None
+        if checkpoint is None and resume == "auto":
+            log.warning("--resume auto: no valid checkpoint in %s; starting from scratch", run_dir)
+        return run_dir, checkpoint
+    path = Path(resume)
+    if path.is_dir():
+        checkpoint = find_resume_checkpoint(path)
+        if checkpoint is None:
+            raise TrainConfigError(f"--resume {path}: no valid checkpoint in this run folder")
+        return path, checkpoint
+    if not path.is_file() or checkpoint_step(path) is None:
+        raise TrainConfigError(f"--resume {path}: not a readable mvtune checkpoint (or run folder)")
+    run_dir = path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent
+    return run_dir, path
+
+
+def _log_to_file(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("mvtune", "lightning"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+    return handler
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---- Lightning pieces (imported lazily: torch is heavy) ------------------------------------------------------
+
+
+def _lightning_pieces():
+    """Classes that subclass Lightning types, defined on first use so `import mvtune.train.run` stays light."""
+    import torch
+    from lightning.pytorch import Callback
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """Checkpoints are written to a temp file and renamed, so a kill never leaves a torn file behind;
+        they are loaded with weights_only=True (plain tensors and containers only)."""
+
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            try:
+                torch.save(checkpoint, tmp)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+
+        def load_checkpoint(self, path, map_location=None, weights_only=None):
+            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+    class PreemptionCallback(Callback):
+        """On the given signals: finish the current step, save a checkpoint + exports, stop cleanly."""
+
+        def __init__(self, checkpoint_dir: Path, signals: list[int]):
+            self.checkpoint_dir = checkpoint_dir
+            self.signals = signals
+            self.received: int | None = None
+            self.saved: Path | None = None
+            self._previous: dict[int, object] = {}
+
+        def _handler(self, signum, frame):
+            self.received = signum
+
+        def on_train_start(self, trainer, pl_module):
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self._handler)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+                return
+            path = self.checkpoint_dir / f"preempt-step={trainer.global_step:07d}.ckpt"
+            trainer.save_checkpoint(path)
+            self.saved = path
+            log.warning(
+                "received %s: saved %s and stopping; continue with `--resume auto`",
+                signal.Signals(self.received).name if self.received else "a signal on another rank", path,
+            )
+            trainer.should_stop = True
+
+        def teardown(self, trainer, pl_module, stage):
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous)
+            self._previous.clear()
+
+    return AtomicCheckpointIO, PreemptionCallback
+
+
+def build_trainer(cfg: TrainConfig, run_dir: Path, extra_callbacks: list | None = None):
+    """The Lightning Trainer for a run (loggers, checkpoints, early stopping, preemption, Slurm requeue)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    AtomicCheckpointIO, PreemptionCallback = _lightning_pieces()
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    every_steps = cfg.checkpoint.every_n_steps
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="step={step:07d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=every_steps,
+            save_on_train_epoch_end=False if every_steps is None else None,
+            save_last=cfg.checkpoint.save_last,
+            save_top_k=cfg.checkpoint.save_top_k,
+        )
+    ]
+    if cfg.validation.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=cfg.validation.early_stopping_patience))
+    plugins = [AtomicCheckpointIO()]
+    on_slurm = SLURMEnvironment.detect()
+    if on_slurm:
+        # Lightning saves hpc_ckpt_N.ckpt into the run folder and requeues; the requeued job resumes from it.
+        plugins.append(SLURMEnvironment(requeue_signal=signal.SIGUSR1))
+    preempt = PreemptionCallback(ckpt_dir, [signal.SIGTERM] if on_slurm else [signal.SIGUSR1, signal.SIGTERM])
+    callbacks.append(preempt)
+    callbacks += extra_callbacks or []
+    val = cfg.validation
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_steps=cfg.trainer.max_steps,
+        max_epochs=cfg.trainer.max_epochs if cfg.trainer.max_epochs is not None else -1,
+        precision=cfg.trainer.precision,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
+        strategy=cfg.trainer.strategy,
+        accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+        gradient_clip_val=cfg.optim.grad_clip,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        enable_progress_bar=cfg.trainer.enable_progress_bar,
+        val_check_interval=val.every_n_steps,
+        check_val_every_n_epoch=None if val.every_n_steps else val.check_every_n_epochs,
+        limit_val_batches=val.num_batches if val.num_batches else 1.0,
+        num_sanity_val_steps=val.sanity_steps,
+        logger=[
+            CSVLogger(run_dir, name="logs", version="csv"),
+            TensorBoardLogger(run_dir, name="logs", version="tensorboard", default_hp_metric=False),
+        ],
+        callbacks=callbacks,
+        plugins=plugins,
+        enable_model_summary=False,
+    )
+    return trainer, preempt
+
+
+def train(
+    cfg: TrainConfig,
+    config_stem: str = "train",
+    resume: str | None = None,
+    components: dict | None = None,
+    extra_callbacks: list | None = None,
+) -> Path:
+    """Check the config, prepare the run folder, train; returns the run folder.
+
+    `components` (SDXL components dict) replaces loading `model.base` (tests, benchmarks).
+    """
+    check_config(cfg)
+    run_dir, checkpoint = resolve_resume(cfg, config_stem, resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _log_to_file(run_dir)
+    started = time.time()
+    summary = {"run_dir": str(run_dir), "resumed_from": str(checkpoint) if checkpoint else None, "status": "running"}
+    try:
+        (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        log.info("run folder %s%s", run_dir, f", resuming from {checkpoint}" if checkpoint else "")
+
+        import lightning as L
+
+        from mvtune.train.data import TrainDataModule
+        from mvtune.train.system import MVAdapterSystem
+
+        L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+        datamodule = TrainDataModule(cfg)
+        system = MVAdapterSystem(cfg, components)
+        system.export_dir = run_dir / EXPORT_DIR
+        system.samples_dir = run_dir / SAMPLES_DIR
+        trainer, preempt = build_trainer(cfg, run_dir, extra_callbacks)
+        with warnings.catch_warnings():
+            # The data position is restored by TrainDataModule.load_state_dict, so mid-epoch resume is exact.
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            trainer.fit(system, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None, weights_only=True)
+        summary["status"] = "preempted" if preempt.saved else "finished"
+        if preempt.saved:
+            summary["checkpoint"] = str(preempt.saved)
+        elif trainer.is_global_zero:
+            summary["exports"] = {k: str(v) for k, v in system.export(run_dir / EXPORT_DIR).items()}
+        summary["global_step"] = trainer.global_step
+        summary["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        return run_dir
+    except BaseException as exc:
+        summary["status"] = f"failed: {type(exc).__name__}: {exc}"
+        log.error("training failed: %s", exc)
+        raise
+    finally:
+        summary["seconds"] = round(time.time() - started, 2)
+        _write_json_atomic(run_dir / "summary.json", summary)
+        for name in ("mvtune", "lightning"):
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()
+
+
+def train_from_cli(config_path: Path, overrides: list[str], resume: str | None) -> Path:
+    """`mvtune train CONFIG.yaml [key=value ...] [--resume auto|PATH]`; raises TrainConfigError for bad configs."""
+    config_path = Path(config_path)
+    cfg = load_config(config_path, overrides)
+    return train(cfg, config_stem=config_path.stem, resume=resume)
+
+
+# ---- demo ----------------------------------------------------------------------------------------------------
+
+
+def demo_config(dataset_dir: Path, out_dir: Path, steps: int, resolution: int, strategy: str, seed: int) -> TrainConfig:
+    """A tiny-SDXL CPU run on a dataset's train split: big learning rate, no warm-up, few sampling steps."""
+    return load_config(
+        None,
+        base={
+            "strategy": strategy,
+            "data": {"root": str(dataset_dir), "height": resolution, "width": resolution, "num_workers": 0},
+            "model": {"base": "tiny", "frozen_dtype": "fp32"},
+            "optim": {"lr": 1e-3, "warmup_steps": 0},
+            "lora": {"lr": 1e-3, "rank": 4, "alpha": 4},
+            "validation": {"every_n_steps": max(1, steps // 2), "num_inference_steps": 10, "num_objects": 2, "sanity_steps": 0},
+            "trainer": {"max_steps": steps, "max_epochs": None, "precision": "32-true", "accelerator": "cpu",
+                        "enable_progress_bar": False, "seed": seed, "log_every_n_steps": 1},
+            "checkpoint": {"every_n_steps": steps},
+            "output": {"dir": str(out_dir), "name": "demo-train"},
+        },
+    )
+
+
+def demo_training(
+    dataset_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    steps: int = 40,
+    resolution: int = 64,
+    strategy: str = "adapter",
+    seed: int = 0,
+) -> Path:
+    """Train the tiny random SDXL's adapter on CPU for `steps` steps on the dataset's train split; returns the run
+    folder (metrics, grids in samples/, exports). Writes split files first if the dataset has none."""
+    from mvtune.data.splits import SPLIT_FILES, split_dataset
+
+    dataset_dir = Path(dataset_dir)
+    if not all((dataset_dir / f).exists() for f in SPLIT_FILES.values()):
+        log.info("no split files in %s: splitting it (val 0.2, test 0.2)", dataset_dir)
+        split_dataset(dataset_dir, val=0.2, test=0.2, seed=seed)
+    cfg = demo_config(dataset_dir, Path(out_dir), steps, resolution, strategy, seed)
+    return train(cfg, config_stem="demo", resume=None)
+
+
+def demo_sample(
+    run_dir: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    object_id: str | None = None,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 3.0,
+    seed: int = 42,
+) -> Path:
+    """Sample the 6 views of a held-out object (test split, else val) with a demo run's trained tiny model.
+
+    Uses the loader's condition maps of that object; writes view_*.png, a grid (rows: ground truth, sample) and
+    sample.json into `out_dir` (default: <run>/held_out); returns the grid's path.
+    """
+    import torch
+    from PIL import Image
+
+    from mvtune.data.loader import MultiviewDataset
+    from mvtune.data.validate import read_scene_list
+    from mvtune.models.pipeline import MVAdapterPipeline
+    from mvtune.train.system import LORA_FILE, image_grid, load_base_components
+
+    run_dir, dataset_dir = Path(run_dir), Path(dataset_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    out = Path(out_dir) if out_dir is not None else run_dir / "held_out"
+    out.mkdir(parents=True, exist_ok=True)
+    if object_id is None:
+        for split in ("test", "val"):
+            path = dataset_dir / f"split_{split}.json"
+            if path.exists() and read_scene_list(path):
+                object_id = read_scene_list(path)[0]
+                break
+        else:
+            raise TrainConfigError(f"{dataset_dir} has no test or val split to pick a held-out object from")
+    export = run_dir / EXPORT_DIR
+    adapter = export / f"mvadapter_{cfg.model.variant}.safetensors"
+    pipe = MVAdapterPipeline.from_components(
+        load_base_components(cfg.model.base, cfg.model.vae, cfg.trainer.seed),
+        variant=cfg.model.variant,
+        adapter=adapter if adapter.exists() else cfg.model.adapter,
+        scheduler="ddpm",
+        shift_scale=cfg.model.shift_scale,
+    )
+    if (export / LORA_FILE).exists():
+        pipe.unet.load_lora_adapter(str(export / LORA_FILE), prefix="unet")
+    dataset = MultiviewDataset(
+        dataset_dir, [object_id], variant=cfg.model.variant, height=cfg.data.height, width=cfg.data.width,
+        captions=cfg.data.captions,
+    )
+    sample = dataset[0]
+    generator = torch.Generator().manual_seed(seed)
+    images = pipe(sample["prompt"], sample["source_rgb"], num_inference_steps=num_inference_steps,
+                  guidance_scale=guidance_scale, generator=generator, output_type="np")
+    for k, image in enumerate(images):
+        Image.fromarray((image * 255).round().astype("uint8")).save(out / f"view_{k}.png")
+    grid_path = out / "grid.png"
+    Image.fromarray(image_grid([sample["rgb"].permute(0, 2, 3, 1).numpy(), images])).save(grid_path)
+    _write_json_atomic(out / "sample.json", {
+        "object_id": object_id, "prompt": sample["prompt"], "adapter": str(adapter), "seed": seed,
+        "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "grid": str(grid_path),
+    })
+    return grid_path
