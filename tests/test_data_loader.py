@@ -253,3 +253,14 @@ def test_random_background_changes_rgb_only(synth):
 def test_importing_mvtune_data_does_not_import_torch():
     code = "import sys, mvtune.data, mvtune.data.validate; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_build_cache_fills_and_reports(synth, tmp_path):
+    from mvtune.data.cache import build_cache
+
+    shutil.copytree(synth, tmp_path / "ds")
+    (tmp_path / "ds" / "bb" / "bb_two" / "color_0000.webp").unlink()
+    report = build_cache(tmp_path / "ds", tmp_path / "cache", height=32, width=32)
+    assert (report["cached"], report["failed"]) == (1, 1)
+    assert "color_0000.webp is missing" in report["errors"][0]["reason"]
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 1

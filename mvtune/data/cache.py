@@ -60,19 +60,33 @@ def write_cache(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, s
     os.replace(tmp, path)
 
 
-def build_cache(dataset, on_progress=None) -> dict:
-    """Fill ``dataset``'s cache (a MultiviewDataset with ``cache_dir`` set) ahead of training; returns counts."""
-    if dataset.cache_dir is None:
-        raise ValueError("build_cache needs a dataset created with cache_dir=...")
-    done = failed = 0
-    problems = []
+def build_cache(
+    root: str | Path,
+    cache_dir: str | Path,
+    scene_list: str | Path | None = None,
+    variant: str = "tg2mv",
+    height: int = 768,
+    width: int = 768,
+    on_progress=None,
+) -> dict:
+    """Fill the cache for every object of a dataset ahead of training; returns counts and the failures.
+
+    Objects already cached with the same files and settings are only checked, so a rerun is cheap.
+    """
+    from mvtune.data.loader import MultiviewDataset
+
+    root = Path(root)
+    dataset = MultiviewDataset(
+        root, scene_list or root / "scene_list.json", variant=variant, height=height, width=width,
+        cache_dir=cache_dir, allow_missing_captions=True,
+    )
+    done, problems = 0, []
     for i in range(len(dataset)):
         try:
             dataset.load_views(i)
             done += 1
         except Exception as exc:  # reported, so one bad object does not stop the batch
-            failed += 1
-            problems.append(str(exc))
+            problems.append({"id": dataset.ids[i], "reason": str(exc)})
         if on_progress:
             on_progress(i + 1, len(dataset))
-    return {"cached": done, "failed": failed, "errors": problems}
+    return {"cached": done, "failed": len(problems), "errors": problems, "cache_dir": str(cache_dir)}

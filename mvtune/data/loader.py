@@ -163,16 +163,18 @@ def read_views(directory: Path, object_id: str, variant: str, height: int, width
         raise DatasetError(f"{meta_path} does not follow the meta.json schema (spec §2.4): {exc}") from None
     indices = [str(loc["index"]) for loc in locations]
     c2w = np.stack([np.asarray(loc["transform_matrix"], dtype=np.float32) for loc in locations])
-    color = np.stack([_read(directory / f"color_{i}.webp", "RGBA WebP", lambda p: _color(p, height, width)) for i in indices])
-    views = ViewArrays(color=color, c2w=c2w, ortho_scale=scale, indices=indices)
+
+    def each(kind: str, suffix: str, what: str, reader) -> np.ndarray:
+        files = [directory / f"{kind}_{i}.{suffix}" for i in indices]
+        return np.stack([_read(path, what, lambda p: reader(p, height, width)) for path in files])
+
+    views = ViewArrays(color=each("color", "webp", "RGBA WebP", _color), c2w=c2w, ortho_scale=scale, indices=indices)
     if variant == "tg2mv":
-        depth = np.stack([_read(directory / f"depth_{i}.exr", "EXR depth", lambda p: _depth(p, height, width)) for i in indices])
+        depth = each("depth", "exr", "EXR depth", _depth)
         mask = depth <= DEPTH_BACKGROUND
         views.depth = np.where(mask, depth, 0.0).astype(np.float32)
         views.mask = mask.astype(np.uint8)
-        views.normal = np.stack(
-            [_read(directory / f"normal_{i}.webp", "RGBA WebP normal map", lambda p: _normal(p, height, width)) for i in indices]
-        )
+        views.normal = each("normal", "webp", "RGBA WebP normal map", _normal)
     return views
 
 
@@ -308,7 +310,9 @@ class MultiviewDataset(Dataset):
         """The resized arrays of object i, from the cache when it is valid (and written to it otherwise)."""
         directory, object_id = scene_dir(self.root, self.entries[i]), self.ids[i]
         if not directory.is_dir():
-            raise DatasetError(f"{object_id}: object folder {directory} does not exist (scene list entry {self.entries[i]!r})")
+            raise DatasetError(
+                f"{object_id}: object folder {directory} does not exist (scene list entry {self.entries[i]!r})"
+            )
         if self.cache_dir is None:
             return read_views(directory, object_id, self.variant, self.height, self.width)
         path = cache.cache_file(self.cache_dir, object_id)
@@ -357,10 +361,12 @@ class MultiviewDataset(Dataset):
         rgb.copy_(color[:, :3]).mul_(1.0 / 255.0).sub_(bg).mul_(alpha).add_(bg)
         c2w = torch.from_numpy(views.c2w)
         if views.depth is not None:
-            position_maps(torch.from_numpy(views.depth), torch.from_numpy(views.mask), c2w, views.ortho_scale, out=source[:, :3])
+            depth, mask = torch.from_numpy(views.depth), torch.from_numpy(views.mask)
+            position_maps(depth, mask, c2w, views.ortho_scale, out=source[:, :3])
             normal = torch.from_numpy(views.normal)
+            normal_alpha = normal[:, 3:4].float().mul_(1.0 / 255.0)
             normals = source[:, 3:]
-            normals.copy_(normal[:, :3]).mul_(1.0 / 255.0).sub_(0.5).mul_(normal[:, 3:4].float().mul_(1.0 / 255.0)).add_(0.5)
+            normals.copy_(normal[:, :3]).mul_(1.0 / 255.0).sub_(0.5).mul_(normal_alpha).add_(0.5)
             if views.mirrored:
                 normals[:, 0].neg_().add_(1.0)  # n_x -> -n_x; 1 - v keeps the 0.5 background
         else:
@@ -420,7 +426,9 @@ class EpochSampler(Sampler[int]):
         return self.size
 
     def __iter__(self):
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size) if self.shuffle else range(self.size)
+        order = range(self.size)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
         offset = self.epoch * self.size
         return iter([offset + int(i) for i in order])
 
@@ -488,7 +496,9 @@ class MultiviewDataModule(L.LightningDataModule):
             variant=variant, height=height, width=width, captions=captions, cache_dir=cache_dir,
             allow_missing_captions=allow_missing_captions, on_error=on_error, seed=seed,
         )
-        self.train_options = dict(background=train_background, mirror_prob=mirror_prob, caption_templates=caption_templates)
+        self.train_options = dict(
+            background=train_background, mirror_prob=mirror_prob, caption_templates=caption_templates
+        )
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.datasets: dict[str, MultiviewDataset] = {}
 

@@ -121,7 +121,9 @@ def split_dataset(
         "fractions": fractions,
         "objects": {name: len(assigned[name]) for name in SPLIT_FILES},
         "groups": {name: len({groups[o] for o in assigned[name]}) for name in SPLIT_FILES},
-        "concepts": {name: dict(Counter((manifest.get(o) or {}).get("concept") for o in assigned[name])) for name in SPLIT_FILES},
+        "concepts": {
+            name: dict(Counter((manifest.get(o) or {}).get("concept") for o in assigned[name])) for name in SPLIT_FILES
+        },
         "not_in_manifest": unknown,
         "files": files,
     }
