@@ -149,6 +149,74 @@ def dataset_validate(
         raise typer.Exit(1)
 
 
+@dataset_app.command("split")
+def dataset_split(
+    root: Path = typer.Argument(..., help="Dataset root written by `mvtune render` (needs its manifest.json)."),
+    val: float = typer.Option(0.1, help="Fraction of objects for validation."),
+    test: float = typer.Option(0.1, help="Fraction of objects for testing."),
+    seed: int = typer.Option(0, help="Seed of the group shuffle."),
+    scene_list: Optional[Path] = typer.Option(None, help="Scene list (default ROOT/scene_list.json)."),
+) -> None:
+    """Split by source mesh (renders and augmented copies of one source stay together), stratified by concept."""
+    from mvtune.data.splits import SplitError, split_dataset
+
+    try:
+        report = split_dataset(root, val=val, test=test, seed=seed, scene_list=scene_list)
+    except SplitError as exc:
+        _fail(str(exc))
+    for name, count in report["objects"].items():
+        console.print(f"{name}: {count} objects in {report['groups'][name]} source groups -> {report['files'][name]}")
+
+
+@dataset_app.command("cache")
+def dataset_cache(
+    root: Path = typer.Argument(..., help="Dataset root."),
+    cache_dir: Path = typer.Argument(..., help="Where to store the preprocessed tensors."),
+    variant: str = typer.Option("tg2mv", help="Model variant (decides which views are cached)."),
+    resolution: int = typer.Option(768, help="Training resolution."),
+    scene_list: Optional[Path] = typer.Option(None, help="Scene list (default ROOT/scene_list.json)."),
+) -> None:
+    """Precompute the loader's tensors at training resolution (rebuilt when files or resolution change)."""
+    from mvtune.data.cache import build_cache
+
+    with _progress() as progress:
+        task = progress.add_task("cache", total=None, item="")
+        result = build_cache(
+            root, cache_dir, scene_list, variant, resolution, resolution,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    console.print(f"cached {result['cached']} objects in {cache_dir}, {result['failed']} failed")
+    for entry in result["errors"][:20]:
+        console.print(f"  [red]{entry['id']}[/]: {entry['reason']}")
+    if result["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def augment(
+    input: Path = typer.Argument(..., help="A mesh file, a folder of meshes, or a .txt list of mesh paths."),
+    out_dir: Path = typer.Argument(..., help="Folder for the colour-jittered copies (GLB + sidecars)."),
+    copies: int = typer.Option(1, help="Copies per source mesh."),
+    hue: float = typer.Option(0.1, help="Max hue shift in turns (0.1 = 36 degrees)."),
+    saturation: float = typer.Option(0.3, help="Saturation factor range 1 +- x."),
+    brightness: float = typer.Option(0.2, help="Brightness factor range 1 +- x."),
+    seed: int = typer.Option(0, help="Seed of the jitter."),
+) -> None:
+    """Texture-space colour jitter: new meshes whose provenance points to their source (render them next)."""
+    from mvtune.data.augment import AugmentError, augment_meshes
+
+    try:
+        report = augment_meshes(input, out_dir, copies, hue, saturation, brightness, seed)
+    except AugmentError as exc:
+        _fail(str(exc))
+    review = [o for o in report["objects"] if o["review"]]
+    console.print(f"wrote {len(report['objects'])} copies to {out_dir}; {len(review)} flagged for caption review")
+    for entry in report["failed"]:
+        console.print(f"  [red]{entry['source']}[/]: {entry['reason']}")
+    if report["failed"]:
+        raise typer.Exit(1)
+
+
 def _print_report(result) -> None:
     table = Table(title=f"{result.root} ({result.variant}, views {','.join(result.image_names)})")
     table.add_column("level")

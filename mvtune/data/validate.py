@@ -4,7 +4,7 @@ The checks follow what MV-Adapter's loader and attention actually assume (spec d
 the files each variant reads exist and decode to the right channels, the views fed to the model have the
 poses the attention layout was trained on (tg2mv: front, right, back, left, top, bottom, with the top/bottom
 roll of §4.1), normals are world-space, depth marks the background with values > 1000, captions are there,
-ids are unique and no scene path leaves the dataset root.
+ids are unique, no scene path leaves the dataset root, and no source mesh is in two splits.
 """
 
 from __future__ import annotations
@@ -212,6 +212,11 @@ def validate_dataset(
             report.add("error", "duplicate-id", f"id {dup} appears {count} times in {scene_list.name}", dup)
     if caption_db is not None:
         _check_captions(ids, caption_db, report)
+
+    from mvtune.data.splits import check_leakage  # splits builds on this module
+
+    for problem in check_leakage(root):
+        report.add("error", "split-leakage", problem)
 
     root_resolved = root.resolve()
     for done, entry in enumerate(entries, 1):
