@@ -1,0 +1,300 @@
+"""Training on the tiny random SDXL at 64 px: learning, resume, strategies, exports, prior mix, NaN, caches."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Callback
+
+from mvtune.train.config import load_config
+from mvtune.train.data import TrainDataModule, collate_train
+from mvtune.train.run import find_resume_checkpoint, train
+from mvtune.train.system import LORA_FILE, MVAdapterSystem, NonFiniteLossError, step_generator
+from test_train_config import render_ducks
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def ducks(tmp_path_factory) -> Path:
+    return render_ducks(tmp_path_factory.mktemp("ducks"))
+
+
+@pytest.fixture(scope="module")
+def fresh_adapter(tmp_path_factory) -> Path:
+    """An adapter file for the tiny SDXL (what `lora` fine-tunes on top of)."""
+    from mvtune.models import attach_mv_adapter, build_tiny_sdxl, save_adapter
+
+    unet = build_tiny_sdxl(seed=0)["unet"]
+    cond = attach_mv_adapter(unet, "tg2mv")
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "to_out_mv" in name:
+                p.normal_(0, 0.02)
+    return save_adapter(tmp_path_factory.mktemp("adapter") / "tiny_tg2mv.safetensors", unet, cond)
+
+
+def tiny_config(ds: Path, out: Path, **sections):
+    """A fast CPU config; `sections` are merged over the defaults (mvtune layout)."""
+    base = {
+        "data": {"root": str(ds), "height": 64, "width": 64, "num_workers": 0},
+        "model": {"base": "tiny"},
+        "optim": {"lr": 1e-3, "warmup_steps": 0},
+        "lora": {"lr": 1e-3, "rank": 4, "alpha": 4},
+        "validation": {"every_n_steps": 1000, "num_objects": 0, "sanity_steps": 0},
+        "trainer": {"max_steps": 6, "max_epochs": None, "precision": "32-true", "accelerator": "cpu",
+                    "enable_progress_bar": False, "log_every_n_steps": 1},
+        "checkpoint": {"every_n_steps": 3},
+        "output": {"dir": str(out), "name": "run"},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            base[key] = base.get(key, {}) | value
+        else:
+            base[key] = value
+    return load_config(None, base=base)
+
+
+class LossRecorder(Callback):
+    def __init__(self):
+        self.losses: dict[int, float] = {}
+        self.ids: dict[int, list[str]] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses[trainer.global_step] = float(outputs["loss"])
+        self.ids[trainer.global_step] = list(batch["id"])
+
+
+class FailAt(Callback):
+    """Simulates a crash (kill) right before a given step."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated kill")
+
+
+def fixed_loss(system: MVAdapterSystem, batch: dict, n: int = 16) -> float:
+    with torch.no_grad():
+        return sum(system.diffusion_loss(batch, step_generator(CPU, 7, k), dropout=False)[0].item() for k in range(n)) / n
+
+
+def test_overfitting_one_object_drives_the_loss_down(ducks, tmp_path):
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(json.loads((ducks / "split_train.json").read_text())[:1]))
+    sections = dict(data={"scene_list": str(one)}, objective={"prompt_drop_prob": 0.0, "cond_drop_prob": 0.0},
+                    trainer={"max_steps": 40}, checkpoint={"every_n_steps": 40})
+    cfg = tiny_config(ducks, tmp_path, **sections)
+    batch = collate_train([TrainDataModule(cfg).train_set[0]])
+    before = fixed_loss(MVAdapterSystem(cfg), batch)
+    run = train(cfg)
+    adapter = run / "export" / "mvadapter_tg2mv.safetensors"
+    after = fixed_loss(MVAdapterSystem(tiny_config(ducks, tmp_path, model={"adapter": str(adapter)}, **sections)), batch)
+    assert after < 0.95 * before, (before, after)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["global_step"] == 40
+    assert (run / "config.yaml").is_file() and (run / "train.log").stat().st_size > 0
+    assert "train/loss" in (run / "logs" / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert list((run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_saved_adapter_reloads_strict(ducks, tmp_path):
+    from mvtune.models import attach_mv_adapter, build_tiny_sdxl, load_adapter
+
+    run = train(tiny_config(ducks, tmp_path, trainer={"max_steps": 2}, checkpoint={"every_n_steps": 2}))
+    unet = build_tiny_sdxl(seed=0)["unet"]
+    cond = attach_mv_adapter(unet, "tg2mv")
+    report = load_adapter(run / "export" / "mvadapter_tg2mv.safetensors", unet, cond, strict=True)
+    assert report.ok
+    assert any(p.abs().sum() > 0 for n, p in unet.named_parameters() if "to_out_mv" in n)  # trained, not fresh
+
+
+def test_resume_after_a_kill_gives_the_same_next_losses(ducks, tmp_path):
+    # 5 training objects, batch 1: step 3 is mid-epoch and step 6 crosses into epoch 2.
+    sections = dict(trainer={"max_steps": 7}, validation={"every_n_steps": 2, "num_batches": 1})
+    straight = LossRecorder()
+    train(tiny_config(ducks, tmp_path / "a", **sections), extra_callbacks=[straight])
+
+    first = LossRecorder()
+    cfg = tiny_config(ducks, tmp_path / "b", **sections)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(cfg, extra_callbacks=[first, FailAt(4)])
+    resumed = LossRecorder()
+    train(cfg, resume="auto", extra_callbacks=[resumed])
+    assert sorted(first.losses) == [1, 2, 3, 4]  # killed before the 5th step
+    assert sorted(resumed.losses) == [4, 5, 6, 7]  # continued from the step-3 checkpoint
+    for step in (4, 5, 6, 7):
+        assert resumed.ids[step] == straight.ids[step]
+        assert resumed.losses[step] == pytest.approx(straight.losses[step], rel=1e-5, abs=1e-7)
+
+    # A truncated newer checkpoint is skipped with a warning.
+    run = tmp_path / "b" / "run"
+    good = find_resume_checkpoint(run)
+    torn = run / "checkpoints" / "step=0000099.ckpt"
+    torn.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert find_resume_checkpoint(run) == good
+
+
+def trainable(system: MVAdapterSystem) -> list[str]:
+    return [n for n, p in system.named_parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("strategy", ["adapter", "adapter-no-cond", "lora", "adapter+lora"])
+def test_each_strategy_trains_exactly_what_it_claims(ducks, tmp_path, fresh_adapter, strategy):
+    from mvtune.models import build_tiny_sdxl
+
+    overrides = {"strategy": strategy.replace("-no-cond", ""), "model": {"adapter": str(fresh_adapter)},
+                 "train_cond_encoder": strategy != "adapter-no-cond", "optim": {"lr": 2e-4, "cond_encoder_lr": 3e-4}}
+    system = MVAdapterSystem(tiny_config(ducks, tmp_path, **overrides))
+    names = trainable(system)
+    mv = [n for n in names if n.startswith("unet.") and "_mv" in n]
+    cond = [n for n in names if n.startswith("cond_encoder.")]
+    lora = [n for n in names if "lora_" in n]
+    assert len(mv) + len(cond) + len(lora) == len(names)
+    assert not any("_mv" in n for n in lora)
+    n_mv = sum(1 for n, _ in system.unet.named_parameters() if "_mv" in n)
+    n_cond = len(list(system.cond_encoder.parameters()))
+    base_attention = sum(
+        1 for n, _ in build_tiny_sdxl(seed=0)["unet"].named_parameters()
+        if any(f".{t}.weight" in n for t in ("to_q", "to_k", "to_v", "to_out.0"))
+    )
+    expected = {
+        "adapter": (n_mv, n_cond, 0),
+        "adapter-no-cond": (n_mv, 0, 0),
+        "lora": (0, 0, 2 * base_attention),  # lora_A + lora_B per base attention projection
+        "adapter+lora": (n_mv, n_cond, 2 * base_attention),
+    }[strategy]
+    assert (len(mv), len(cond), len(lora)) == expected
+    groups = {g["name"]: g["lr"] for g in system.configure_optimizers()["optimizer"].param_groups}
+    assert groups == {
+        "adapter": {"unet": 2e-4, "cond_encoder": 3e-4},
+        "adapter-no-cond": {"unet": 2e-4},
+        "lora": {"lora": 1e-3},
+        "adapter+lora": {"unet": 2e-4, "cond_encoder": 3e-4, "lora": 1e-3},
+    }[strategy]
+
+
+def test_lora_file_loads_into_a_fresh_sdxl_pipeline_and_changes_it(ducks, tmp_path, fresh_adapter):
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+
+    from mvtune.models import build_tiny_sdxl, encode_prompt
+
+    cfg = tiny_config(ducks, tmp_path, strategy="lora", model={"adapter": str(fresh_adapter)},
+                      lora={"lr": 2e-2}, trainer={"max_steps": 3}, checkpoint={"every_n_steps": 3})
+    run = train(cfg)
+    lora_file = run / "export" / LORA_FILE
+    keys = load_file(lora_file).keys()
+    assert keys and all(k.startswith("unet.") and "lora" in k for k in keys) and not any("_mv" in k for k in keys)
+    assert not (run / "export" / "mvadapter_tg2mv.safetensors").exists()  # the adapter stayed frozen
+
+    pipe = StableDiffusionXLPipeline(**build_tiny_sdxl(seed=0))
+    # The tiny tokenizers have no model_max_length, so the text goes in as embeddings.
+    embeds, pooled = encode_prompt((pipe.tokenizer, pipe.tokenizer_2), (pipe.text_encoder, pipe.text_encoder_2), ["a duck"])
+
+    def render():
+        return pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, guidance_scale=1.0, num_inference_steps=2,
+                    height=64, width=64, output_type="np", generator=torch.Generator().manual_seed(0)).images
+
+    plain = render()
+    pipe.load_lora_weights(str(lora_file))
+    assert np.abs(render() - plain).max() > 1e-4
+
+
+def test_prior_preservation_mixes_reg_samples_at_the_ratio(ducks, tmp_path):
+    cfg = tiny_config(ducks, tmp_path, prior={"root": str(ducks), "scene_list": str(ducks / "split_test.json"),
+                                              "ratio": 0.5, "weight": 0.0})
+    dm = TrainDataModule(cfg)
+    n_main = len(dm.train_set)
+    flags = []
+    for epoch in range(2):
+        dm.sampler.set_epoch(epoch)
+        batches = list(dm.train_dataloader())
+        flags.append([bool(f) for b in batches for f in b["reg"]])
+    test_ids = set(json.loads((ducks / "split_test.json").read_text()))
+    for epoch_flags in flags:
+        assert len(epoch_flags) == 2 * n_main and sum(epoch_flags) == n_main  # ratio 0.5 exactly
+    reg_batch = next(b for b in batches if b["reg"].all())
+    assert set(reg_batch["id"]) <= test_ids
+    # weight 0: a batch of regularisation samples contributes nothing to the loss.
+    system = MVAdapterSystem(cfg)
+    loss, per_object = system.diffusion_loss(reg_batch, step_generator(CPU, 1))
+    assert loss.item() == 0.0 and per_object.sum() > 0
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(ducks, tmp_path):
+    class Poison(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 4:
+                with torch.no_grad():
+                    next(p for n, p in pl_module.named_parameters() if "to_out_mv" in n).fill_(float("nan"))
+
+    cfg = tiny_config(ducks, tmp_path, trainer={"max_steps": 10}, checkpoint={"every_n_steps": 2})
+    with pytest.raises(NonFiniteLossError, match="training loss is nan at step 4"):
+        train(cfg, extra_callbacks=[Poison()])
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").glob("step=*.ckpt")) == ["step=0000002.ckpt", "step=0000004.ckpt"]
+    state = torch.load(find_resume_checkpoint(run), weights_only=True)
+    assert state["global_step"] == 4 and all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    assert json.loads((run / "summary.json").read_text())["status"].startswith("failed: NonFiniteLossError")
+
+
+def test_ema_checkpoint_and_export(ducks, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = tiny_config(ducks, tmp_path, ema={"enabled": True, "decay": 0.5}, trainer={"max_steps": 3},
+                      checkpoint={"every_n_steps": 3})
+    run = train(cfg)
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["ema"]["optimization_step"] == 3
+    exported = load_file(run / "export" / "mvadapter_tg2mv.safetensors")
+    key = next(k for k in exported if "to_out_mv.0.weight" in k)
+    raw = state["state_dict"][f"unet.{key}"]
+    shadow = state["ema"]["shadow_params"]
+    assert not torch.equal(exported[key], raw)  # the export holds the EMA, not the raw weights
+    assert any(s.shape == raw.shape and torch.equal(s, exported[key]) for s in shadow)
+
+
+def test_cached_latents_and_checkpointing_give_the_same_loss(ducks, tmp_path):
+    from mvtune.train.latents import LatentCache
+
+    cfg = tiny_config(ducks, tmp_path)
+    dm = TrainDataModule(cfg)
+    batch = collate_train([dm.train_set[0]])
+    system = MVAdapterSystem(cfg)
+    reference = system.diffusion_loss(batch, step_generator(CPU, 3))[0]
+
+    cached = MVAdapterSystem(tiny_config(ducks, tmp_path, data={"cache_latents": True}))
+    cache = LatentCache(dm.train_set, cached.vae_id, torch.float32)
+    assert cache.build(cached.frozen["vae"], 8)["encoded"] == len(dm.train_set)
+    assert cache.build(cached.frozen["vae"], 8)["kept"] == len(dm.train_set)
+    cached.latent_caches[False] = cache
+    assert cached.diffusion_loss(batch, step_generator(CPU, 3))[0].item() == pytest.approx(reference.item(), rel=1e-5)
+    # A changed source file invalidates that object's entry.
+    first = next((ducks / dm.train_set.ids[0][:2] / dm.train_set.ids[0]).glob("color_*.webp"))
+    first.touch()
+    LatentCache.__init__(cache, dm.train_set, cached.vae_id, torch.float32)
+    assert cache.build(cached.frozen["vae"], 8)["encoded"] == 1
+
+    checkpointed = MVAdapterSystem(tiny_config(ducks, tmp_path, model={"gradient_checkpointing": True}))
+    loss = checkpointed.diffusion_loss(batch, step_generator(CPU, 3))[0]
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    loss.backward()
+    assert all(p.grad is not None for n, p in checkpointed.named_parameters() if p.requires_grad and "to_q_mv" in n)
+
+
+def test_warmup_schedule_matches_linear_then_constant():
+    from mvtune.train.system import warmup_factor
+
+    reference = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    linear = torch.optim.lr_scheduler.LinearLR(reference, start_factor=1e-6, end_factor=1.0, total_iters=10)
+    for step in range(15):
+        assert warmup_factor(step, 10, 1e-6) == pytest.approx(reference.param_groups[0]["lr"], rel=1e-6)
+        reference.step()
+        linear.step()
+    assert math.isclose(warmup_factor(10_000, 10, 1e-6), 1.0)
