@@ -11,6 +11,7 @@ from mvtune.generate.run import (
     generate,
     generate_batch,
     load_pipeline,
+    write_views,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "generate_batch",
     "load_normalized",
     "load_pipeline",
+    "write_views",
 ]

@@ -260,32 +260,14 @@ def generate(cfg: GenerateConfig, pipeline=None, renderer=None) -> dict:
     timings["sample"] = time.perf_counter() - sampled
     views8 = [(im * 255.0).round().astype(np.uint8) for im in images]
 
-    names = [f"view_{i:04d}.png" for i in range(len(views8))]
-    for name, image in zip(names, views8):
-        _save_png(out / name, Image.fromarray(image))
-    _save_png(out / "grid.png", grid_image(views8))
     _save_png(out / "conditions.png", _condition_preview(cond))
     _save_npz(out / "conditions.npz", maps=cond.maps, mask=cond.mask)
     timings["total"] = time.perf_counter() - start
-
-    from mvtune.cameras import variant_views
-
-    roles = variant_views(VARIANT).names
-    record = {
-        "mvtune": __version__,
-        "variant": VARIANT,
+    extra = {
         "config": cfg.model_dump(mode="json"),
         "settings": _settings(cfg),
         "prompt": cfg.prompt,
         "seed": cfg.seed,
-        "resolution": cfg.sampling.resolution,
-        "mesh": {
-            "path": str(cfg.mesh),
-            "sha256": sha256_file(Path(cfg.mesh)),
-            "up": cfg.sampling.up,
-            "num_faces": mesh.num_faces,
-            "to_frame": np.asarray(mesh.to_frame).tolist(),
-        },
         "models": {
             "base_model": str(cfg.models.base_model),
             "adapter": None if cfg.models.adapter is None else str(cfg.models.adapter),
@@ -294,6 +276,41 @@ def generate(cfg: GenerateConfig, pipeline=None, renderer=None) -> dict:
             "scheduler": type(pipe.scheduler).__name__,
             "dtype": str(pipe.dtype).removeprefix("torch."),
             "device": str(pipe.device),
+        },
+        "files": {"grid": "grid.png", "conditions": "conditions.npz", "conditions_preview": "conditions.png"},
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+    return write_views(out, cfg.mesh, views8, up=cfg.sampling.up, extra=extra)
+
+
+def write_views(out_dir: Path, mesh_path: Path, images: list[np.ndarray], up: str = "y", extra: dict | None = None) -> dict:
+    """Write tg2mv view images of a mesh file as a run folder `mvtune texture` accepts; returns the record.
+
+    `generate` uses it for sampled views; it also turns views made elsewhere (e.g. albedo renders) into
+    texture input. `extra` fields are merged into the record, which is written last.
+    """
+    from mvtune.cameras import variant_cameras, variant_views
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    views = variant_cameras(VARIANT)
+    if len(images) != len(views):
+        raise GenerateError(f"{VARIANT} needs {len(views)} views, got {len(images)}")
+    names = [f"view_{i:04d}.png" for i in range(len(images))]
+    for name, image in zip(names, images):
+        _save_png(out / name, Image.fromarray(image))
+    _save_png(out / "grid.png", grid_image(list(images)))
+    mesh = load_normalized(mesh_path, up=up)
+    record = {
+        "mvtune": __version__,
+        "variant": VARIANT,
+        "resolution": int(images[0].shape[0]),
+        "mesh": {
+            "path": str(mesh_path),
+            "sha256": sha256_file(Path(mesh_path)),
+            "up": up,
+            "num_faces": mesh.num_faces,
+            "to_frame": np.asarray(mesh.to_frame).tolist(),
         },
         "views": [
             {
@@ -305,10 +322,9 @@ def generate(cfg: GenerateConfig, pipeline=None, renderer=None) -> dict:
                 "ortho_scale": view.ortho_scale,
                 "c2w": np.asarray(view.c2w).tolist(),
             }
-            for name, role, view in zip(names, roles, cond.views)
+            for name, role, view in zip(names, variant_views(VARIANT).names, views)
         ],
-        "files": {"grid": "grid.png", "conditions": "conditions.npz", "conditions_preview": "conditions.png"},
-        "timings": {k: round(v, 3) for k, v in timings.items()},
+        **(extra or {}),
     }
     _write_json(out / RECORD, record)
     return record

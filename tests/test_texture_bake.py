@@ -1,0 +1,93 @@
+"""Baker accuracy (albedo renders baked back and re-rendered), the UV fill and the baker's input checks."""
+
+import numpy as np
+import pytest
+
+from mvtune import cameras
+from mvtune.meshes import load_mesh, normalize_mesh
+from mvtune.render import Renderer, create_context
+from mvtune.texture.bake import BakeOptions, as_render_mesh, bake_texture, pad_islands, push_pull
+from mvtune.texture.unwrap import TextureError, UnwrapConfig, prepare_uv_mesh
+
+pytestmark = pytest.mark.gl
+
+
+def psnr_over_covered(originals, rebaked) -> tuple[float, float]:
+    """PSNR (dB) over pixels fully on the object in both renders, and the fraction of object pixels used."""
+    squared, count, on_object = 0.0, 0, 0
+    for a, b in zip(originals, rebaked):
+        both = (a.color[..., 3] == 255) & (b.color[..., 3] == 255)
+        diff = a.color[..., :3][both].astype(np.float64) - b.color[..., :3][both]
+        squared += float((diff**2).sum())
+        count += diff.size
+        on_object += int(a.mask.sum())
+    return 10.0 * np.log10(255.0**2 / max(squared / count, 1e-12)), count / 3 / on_object
+
+
+def bake_round_trip(mesh_path, view_resolution=384, texture_size=1024):
+    mesh = normalize_mesh(load_mesh(mesh_path))
+    ctx = create_context()
+    try:
+        uv_mesh, report = prepare_uv_mesh(mesh, UnwrapConfig(), texture_size, ctx)
+        views = cameras.variant_cameras("tg2mv")
+        renderer = Renderer(view_resolution, lighting="albedo", ctx=ctx)
+        originals = renderer.render(mesh, views)
+        result = bake_texture(uv_mesh, views, [o.color for o in originals], BakeOptions(texture_size=texture_size), ctx)
+        rebaked = renderer.render(as_render_mesh(uv_mesh, result.texture), views)
+    finally:
+        ctx.release()
+    return psnr_over_covered(originals, rebaked), result, report
+
+
+def test_albedo_views_bake_back_onto_the_meshes_own_uvs(shared_meshes):
+    (psnr, used), result, report = bake_round_trip(shared_meshes / "fuze.obj")
+    assert report["uvs"] == "kept"
+    assert result.stats["texel_coverage"] > 0.99 and used > 0.95
+    assert psnr >= 30.0, f"PSNR {psnr:.1f} dB over {used:.1%} of the object pixels"
+
+
+def test_albedo_views_bake_back_onto_an_xatlas_atlas(sample_meshes_dir):
+    (psnr, used), result, report = bake_round_trip(sample_meshes_dir / "duck_yellow.glb")
+    assert report["uvs"] == "xatlas"  # the sample duck's eyes and feathers share texels
+    assert result.stats["texel_coverage"] > 0.8 and used > 0.95
+    assert psnr >= 30.0, f"PSNR {psnr:.1f} dB over {used:.1%} of the object pixels"
+    assert result.texture.shape == (1024, 1024, 3) and result.seen.sum() <= result.covered.sum()
+
+
+def test_push_pull_keeps_known_texels_and_fills_the_rest():
+    rng = np.random.default_rng(0)
+    color = rng.random((37, 50, 3)).astype(np.float32)
+    known = (rng.random((37, 50)) < 0.05).astype(np.float32)
+    filled = push_pull(color * known[..., None], known)
+    np.testing.assert_allclose(filled[known > 0], color[known > 0], atol=1e-6)
+    assert np.isfinite(filled).all() and filled.min() >= 0.0 and filled.max() <= 1.0
+    flat = push_pull(np.full((16, 16, 3), 0.25, np.float32) * known[:16, :16, None], known[:16, :16])
+    np.testing.assert_allclose(flat, 0.25, atol=1e-6)  # a constant stays constant
+
+
+def test_pad_islands_copies_the_nearest_island_texel():
+    color = np.zeros((8, 8, 3), np.float32)
+    covered = np.zeros((8, 8), bool)
+    covered[2:4, 2:4] = True
+    color[2:4, 2:4] = [1.0, 0.5, 0.25]
+    padded = pad_islands(color, covered)
+    np.testing.assert_array_equal(padded, np.broadcast_to([1.0, 0.5, 0.25], padded.shape))
+
+
+def test_view_checks(sample_meshes_dir):
+    mesh = normalize_mesh(load_mesh(sample_meshes_dir / "duck_blue.glb"))
+    ctx = create_context()
+    try:
+        uv_mesh, _ = prepare_uv_mesh(mesh, UnwrapConfig(), 64, ctx)
+        views = cameras.variant_cameras("tg2mv")
+        good = [np.zeros((32, 32, 3), np.uint8)] * 6
+        with pytest.raises(TextureError, match="5 view images for 6 cameras"):
+            bake_texture(uv_mesh, views, good[:5], BakeOptions(texture_size=64), ctx)
+        with pytest.raises(TextureError, match="differ in size"):
+            bake_texture(uv_mesh, views, good[:5] + [np.zeros((16, 16, 3), np.uint8)], BakeOptions(texture_size=64), ctx)
+        with pytest.raises(TextureError, match="square"):
+            bake_texture(uv_mesh, views, [np.zeros((32, 16, 3), np.uint8)] * 6, BakeOptions(texture_size=64), ctx)
+        with pytest.raises(TextureError, match="uint8"):
+            bake_texture(uv_mesh, views, [np.zeros((32, 32), np.uint8)] * 6, BakeOptions(texture_size=64), ctx)
+    finally:
+        ctx.release()
