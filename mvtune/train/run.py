@@ -287,6 +287,9 @@ def train(
             # The data position is restored by TrainDataModule.load_state_dict, so mid-epoch resume is exact.
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            # On resume the CSV logger appends and old checkpoints are kept on purpose.
+            warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
             trainer.fit(system, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None, weights_only=True)
         summary["status"] = "preempted" if preempt.saved else "finished"
         if preempt.saved:

@@ -1,0 +1,97 @@
+"""Runs end to end: the CLI entry point, preemption by SIGUSR1 in a real subprocess, the demo functions."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mvtune.train.config import TrainConfigError
+from mvtune.train.run import checkpoint_step, demo_sample, demo_training, train_from_cli
+from test_train_config import USER_YAML, dataset_overrides, render_ducks
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ducks(tmp_path_factory) -> Path:
+    return render_ducks(tmp_path_factory.mktemp("ducks"))
+
+
+def tiny_overrides(out: Path, steps: int) -> list[str]:
+    return ["data.num_workers=0", "data.height=64", "data.width=64", f"trainer.max_steps={steps}",
+            "trainer.max_epochs=null", "trainer.precision=32-true", "trainer.accelerator=cpu",
+            "trainer.strategy=auto", "trainer.enable_progress_bar=false", "validation.every_n_steps=1000",
+            "validation.num_objects=0", "validation.sanity_steps=0", f"output.dir={out}", "output.name=run"]
+
+
+def test_cli_entry_refuses_the_users_view_mistake_and_trains_once_fixed(ducks, tmp_path):
+    if not USER_YAML.is_file():
+        pytest.skip("users' example config not found")
+    overrides = dataset_overrides(ducks) + tiny_overrides(tmp_path, 2)
+    with pytest.raises(TrainConfigError, match="view 0004 is fed as the top view"):
+        train_from_cli(USER_YAML, overrides, resume=None)
+    assert not (tmp_path / "run").exists()  # refused before anything was created
+    run = train_from_cli(USER_YAML, overrides + ['data.image_names=["0000","0001","0002","0003","0008","0009"]'], None)
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["image_names"][4:] == ["0008", "0009"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
+def test_sigusr1_saves_a_checkpoint_and_exits_cleanly(ducks, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {"root": str(ducks)}, "model": {"base": "tiny"}}))
+    marker = tmp_path / "started"
+    script = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from lightning.pytorch import Callback
+        from mvtune.train.config import load_config
+        from mvtune.train.run import train
+
+        class Mark(Callback):
+            def on_train_batch_end(self, trainer, *args):
+                if trainer.global_step == 2:
+                    Path({str(marker)!r}).touch()
+                time.sleep(0.05)
+
+        cfg = load_config({str(config)!r}, {tiny_overrides(tmp_path, 100000)!r})
+        train(cfg, config_stem="c", extra_callbacks=[Mark()])
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")} | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.time() < deadline, "training did not start"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGUSR1)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    run = tmp_path / "run"
+    saved = list((run / "checkpoints").glob("preempt-step=*.ckpt"))
+    assert len(saved) == 1 and checkpoint_step(saved[0]) >= 2
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "preempted" and summary["global_step"] == checkpoint_step(saved[0])
+    assert (run / "export" / "mvadapter_tg2mv.safetensors").is_file()
+
+
+def test_demo_trains_and_samples_a_held_out_object(ducks, tmp_path):
+    run = demo_training(ducks, tmp_path, steps=6)
+    assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["step_0000003.png", "step_0000006.png"]
+    assert "val/loss" in (run / "logs" / "csv" / "metrics.csv").read_text().splitlines()[0]
+    grid = demo_sample(run, ducks, num_inference_steps=3)
+    info = json.loads((grid.parent / "sample.json").read_text())
+    assert info["object_id"] == json.loads((ducks / "split_test.json").read_text())[0]
+    assert len(list(grid.parent.glob("view_*.png"))) == 6
