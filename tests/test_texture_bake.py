@@ -6,7 +6,7 @@ import pytest
 from mvtune import cameras
 from mvtune.meshes import load_mesh, normalize_mesh
 from mvtune.render import Renderer, create_context
-from mvtune.texture.bake import BakeOptions, as_render_mesh, bake_texture, pad_islands, push_pull
+from mvtune.texture.bake import BakeOptions, as_render_mesh, bake_texture, push_pull
 from mvtune.texture.unwrap import TextureError, UnwrapConfig, prepare_uv_mesh
 
 pytestmark = pytest.mark.gl
@@ -57,21 +57,24 @@ def test_albedo_views_bake_back_onto_an_xatlas_atlas(sample_meshes_dir):
 def test_push_pull_keeps_known_texels_and_fills_the_rest():
     rng = np.random.default_rng(0)
     color = rng.random((37, 50, 3)).astype(np.float32)
-    known = (rng.random((37, 50)) < 0.05).astype(np.float32)
+    known = rng.random((37, 50)) < 0.05
     filled = push_pull(color * known[..., None], known)
-    np.testing.assert_allclose(filled[known > 0], color[known > 0], atol=1e-6)
+    np.testing.assert_array_equal(filled[known], color[known])
     assert np.isfinite(filled).all() and filled.min() >= 0.0 and filled.max() <= 1.0
     flat = push_pull(np.full((16, 16, 3), 0.25, np.float32) * known[:16, :16, None], known[:16, :16])
     np.testing.assert_allclose(flat, 0.25, atol=1e-6)  # a constant stays constant
+    only = np.zeros((37, 50), bool)
+    only[:5] = True
+    partial = push_pull(color * known[..., None], known, fill=only)
+    np.testing.assert_array_equal(partial[~only & ~known], 0.0)  # texels outside `fill` are left alone
 
 
-def test_pad_islands_copies_the_nearest_island_texel():
+def test_push_pull_pads_an_island_with_its_own_colour():
     color = np.zeros((8, 8, 3), np.float32)
-    covered = np.zeros((8, 8), bool)
-    covered[2:4, 2:4] = True
+    island = np.zeros((8, 8), bool)
+    island[2:4, 2:4] = True
     color[2:4, 2:4] = [1.0, 0.5, 0.25]
-    padded = pad_islands(color, covered)
-    np.testing.assert_array_equal(padded, np.broadcast_to([1.0, 0.5, 0.25], padded.shape))
+    np.testing.assert_allclose(push_pull(color, island), np.broadcast_to([1.0, 0.5, 0.25], color.shape), atol=1e-6)
 
 
 def test_view_checks(sample_meshes_dir):

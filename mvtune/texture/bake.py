@@ -10,8 +10,9 @@
    premultiplied colour, so background pixels never bleed in.
 4. Blend with weights cos^k times a ramp on the distance to depth edges (view colours are least reliable at
    silhouettes and occlusion boundaries); normalise across views.
-5. Fill texels no view sees by push-pull in UV space, then pad every texel outside the islands with the
-   nearest island texel, so bilinear and mipmapped sampling never reach the background across a seam.
+5. Fill texels no view sees by push-pull in UV space, then pad every texel outside the islands by a second
+   push-pull from the islands: the ring next to an island gets that island's colours, so bilinear and
+   mipmapped sampling never reach the background across a seam.
 
 All per-texel work is vectorised numpy over the covered texels; the only Python loops run over views and
 pyramid levels.
@@ -154,34 +155,38 @@ def _bilinear_premultiplied(premultiplied: np.ndarray, px: np.ndarray, py: np.nd
     return top * (1 - fy) + bottom * fy
 
 
-def push_pull(color: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Fill pixels with weight 0 from a weighted image pyramid (Gortler et al. 1996); known pixels are kept."""
-    levels = [(color * weight[..., None], weight)]
+def _reduce(color: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One pull step: 2x2 weighted sums, renormalised so a block with any known texel has weight 1 (its mean)."""
+    h, w = weight.shape
+    if h % 2 or w % 2:
+        color = np.pad(color, ((0, h % 2), (0, w % 2), (0, 0)))
+        weight = np.pad(weight, ((0, h % 2), (0, w % 2)))
+    c = color[0::2, 0::2] + color[1::2, 0::2] + color[0::2, 1::2] + color[1::2, 1::2]
+    w = weight[0::2, 0::2] + weight[1::2, 0::2] + weight[0::2, 1::2] + weight[1::2, 1::2]
+    scale = np.minimum(w, 1.0) / np.maximum(w, 1e-12)
+    return c * scale[..., None], np.minimum(w, 1.0)
+
+
+def push_pull(color: np.ndarray, known: np.ndarray, fill: np.ndarray | None = None) -> np.ndarray:
+    """Fill texels from a weighted image pyramid (Gortler et al. 1996); known texels are kept.
+
+    `fill` (default: every unknown texel) limits which texels get a value. The pyramid starts at half
+    resolution and the full-resolution push is a gather for the filled texels only: a texel next to known
+    ones gets the mean of the known texels in its 2x2 block, farther ones coarser averages.
+    """
+    known = np.asarray(known, bool)
+    levels = [_reduce(color * known[..., None], known.astype(np.float32))]
     while max(levels[-1][1].shape) > 1:
-        c, w = levels[-1]
-        h, wd = w.shape
-        c = np.pad(c, ((0, h % 2), (0, wd % 2), (0, 0)))
-        w = np.pad(w, ((0, h % 2), (0, wd % 2)))
-        c = c[0::2, 0::2] + c[1::2, 0::2] + c[0::2, 1::2] + c[1::2, 1::2]
-        w = w[0::2, 0::2] + w[1::2, 0::2] + w[0::2, 1::2] + w[1::2, 1::2]
-        # Renormalise so a fully known block has weight 1: coarse levels then act as averages.
-        scale = np.minimum(w, 1.0) / np.maximum(w, 1e-12)
-        levels.append((c * scale[..., None], np.minimum(w, 1.0)))
-    c, w = levels[-1]
+        levels.append(_reduce(*levels[-1]))
+    c = levels[-1][0]
     for fine_c, fine_w in reversed(levels[:-1]):
-        h, wd = fine_w.shape
-        up_c = np.repeat(np.repeat(c, 2, axis=0), 2, axis=1)[:h, :wd]
-        c = fine_c + (1.0 - fine_w)[..., None] * up_c
-        w = fine_w
-    return c
-
-
-def pad_islands(color: np.ndarray, covered: np.ndarray) -> np.ndarray:
-    """Give every texel outside the islands the colour of its nearest covered texel."""
-    if covered.all() or not covered.any():
-        return color
-    _, (iy, ix) = ndimage.distance_transform_edt(~covered, return_indices=True)
-    return color[iy, ix]
+        h, w = fine_w.shape
+        up = np.repeat(np.repeat(c, 2, axis=0), 2, axis=1)[:h, :w]
+        c = fine_c + (1.0 - fine_w)[..., None] * up
+    out = color.copy()
+    iy, ix = np.nonzero(~known if fill is None else (np.asarray(fill, bool) & ~known))
+    out[iy, ix] = c[iy // 2, ix // 2]
+    return out
 
 
 def check_views(views: Sequence[View], images: Sequence[np.ndarray]) -> int:
@@ -237,37 +242,39 @@ def bake_texture(
     per_view_seen = []
     for view, image, render in zip(views, images, renders):
         c2w = view.c2w.astype(np.float32)
-        right, up, back, origin = c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3]
+        back, origin = c2w[:3, 2], c2w[:3, 3]
         pixel = view.ortho_scale / resolution
-        d = p - origin
-        # Continuous pixel coordinates with pixel centres on integers (centre of column u at (u + 1/2) s / W).
-        px = (d @ right) / pixel + (resolution / 2.0 - 0.5)
-        py = (resolution / 2.0 - 0.5) - (d @ up) / pixel
-        z = -(d @ back)
+        # Texels facing away from the view are most of the rejections: drop them before any other work.
         cos = n @ back
-        ix = np.clip(np.rint(px).astype(np.int64), 0, resolution - 1)
-        iy = np.clip(np.rint(py).astype(np.int64), 0, resolution - 1)
-        flat = iy * resolution + ix
+        idx = np.flatnonzero(cos > options.min_cos)
+        cos = cos[idx]
+        camera = (p[idx] - origin) @ c2w[:3, :3]  # (x right, y up, z back) in camera axes
+        # Continuous pixel coordinates with pixel centres on integers (centre of column u at (u + 1/2) s / W).
+        px = camera[:, 0] / pixel + (resolution / 2.0 - 0.5)
+        py = (resolution / 2.0 - 0.5) - camera[:, 1] / pixel
         inside = (px > -0.5) & (px < resolution - 0.5) & (py > -0.5) & (py < resolution - 0.5)
-        cos_c = np.clip(cos, 1e-3, 1.0)
-        tangent = np.sqrt(1.0 - cos_c**2) / cos_c
+        flat = np.rint(py).astype(np.int64).clip(0, resolution - 1) * resolution
+        flat += np.rint(px).astype(np.int64).clip(0, resolution - 1)
+        tangent = np.sqrt(1.0 - cos**2) / cos
         tolerance = pixel * (options.depth_tolerance_px + 0.71 * tangent)
-        view_depth = render.depth.reshape(-1)[flat]
-        visible = inside & (cos > options.min_cos) & render.mask.reshape(-1)[flat] & (z - view_depth < tolerance)
+        visible = inside & render.mask.reshape(-1)[flat] & (-camera[:, 2] - render.depth.reshape(-1)[flat] < tolerance)
+        keep = np.flatnonzero(visible)
 
         rgba = np.asarray(image)
         alpha = rgba[..., 3].astype(np.float32) / 255.0 if rgba.shape[2] == 4 else render.mask.astype(np.float32)
-        premultiplied = np.concatenate([rgba[..., :3].astype(np.float32) / 255.0 * alpha[..., None], alpha[..., None]], axis=-1)
-        idx = np.flatnonzero(visible)
-        sample = _bilinear_premultiplied(premultiplied, px[idx], py[idx])
+        premultiplied = np.empty(alpha.shape + (4,), np.float32)
+        premultiplied[..., :3] = rgba[..., :3] * (alpha / 255.0)[..., None]
+        premultiplied[..., 3] = alpha
+        sample = _bilinear_premultiplied(premultiplied, px[keep], py[keep])
         ok = sample[:, 3] > 1e-3
-        idx, sample = idx[ok], sample[ok]
-        distance = edge_distance(render.depth, render.mask, options.edge_depth_px * pixel).reshape(-1)[flat[idx]]
+        keep, sample = keep[ok], sample[ok]
+        distance = edge_distance(render.depth, render.mask, options.edge_depth_px * pixel).reshape(-1)[flat[keep]]
         ramp = np.clip(distance / max(options.edge_falloff_px, 1e-6), options.edge_min_weight, 1.0)
-        w = cos[idx] ** options.cos_power * ramp
-        color_sum[idx] += w[:, None] * (sample[:, :3] / sample[:, 3:4])
-        weight_sum[idx] += w
-        per_view_seen.append(int(len(idx)))
+        w = cos[keep] ** options.cos_power * ramp
+        target = idx[keep]
+        color_sum[target] += w[:, None] * (sample[:, :3] / sample[:, 3:4])
+        weight_sum[target] += w
+        per_view_seen.append(int(len(target)))
     timings["project_blend"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -280,8 +287,9 @@ def bake_texture(
     known = known.reshape(size, size)
     if not seen_texel.any():
         raise TextureError("no texel is visible in any view: the views do not show this mesh")
-    filled = push_pull(color, known) if not seen_texel.all() else color
-    filled = pad_islands(filled, covered)
+    # Unseen surface texels from seen ones, then the gutter around the islands from the whole surface.
+    filled = push_pull(color, known > 0, fill=covered) if not seen_texel.all() else color
+    filled = push_pull(filled, covered)
     timings["fill_pad"] = time.perf_counter() - t
 
     seen = known > 0
