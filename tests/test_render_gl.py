@@ -162,6 +162,30 @@ def test_image_orientation_matches_the_reference_table(sphere_renders):
     assert bottom[RES // 4, c, 1] > 0.2 and bottom[c, 3 * RES // 4, 0] < -0.2
 
 
+# spec §4.1: (user azimuth, elevation) -> image right, image up in world axes
+AXES = [
+    ((0, 0), (1, 0, 0), (0, 0, 1)),
+    ((90, 0), (0, 1, 0), (0, 0, 1)),
+    ((180, 0), (-1, 0, 0), (0, 0, 1)),
+    ((270, 0), (0, -1, 0), (0, 0, 1)),
+    ((180, 89.99), (-1, 0, 0), (0, -1, 0)),
+    ((180, -89.99), (-1, 0, 0), (0, 1, 0)),
+]
+
+
+@pytest.mark.parametrize("pose,right,up", AXES)
+def test_image_axes_follow_the_reference_table(studio, sphere_mesh, pose, right, up):
+    """Column u sits at (u + 0.5 - W/2) s/W along image-right, row v at (H/2 - v - 0.5) s/H along image-up."""
+    view = View("x", *pose)
+    assert np.allclose(view.c2w[:3, 0], right, atol=1e-3) and np.allclose(view.c2w[:3, 1], up, atol=1e-3)
+    images = studio.render(sphere_mesh, [view], position=True)[0]
+    v, u = np.nonzero(images.mask)
+    p = images.position[v, u]
+    s = view.ortho_scale
+    assert np.allclose(p @ np.array(right, float), (u + 0.5 - RES / 2) * s / RES, atol=1e-3)
+    assert np.allclose(p @ np.array(up, float), (RES / 2 - v - 0.5) * s / RES, atol=1e-3)
+
+
 def test_perspective_depth_is_planar(studio):
     view = View("0000", 30.0, 20.0, projection="PERSP", distance=3.0)
     images = studio.render(Mesh([sphere_part(subdivisions=5)]), [view], position=True)[0]
