@@ -3,7 +3,8 @@
 Per view, two rasterisations of the mesh, which is uploaded once per object:
 
 - a geometry pass, one sample per pixel at the pixel centre (like Blender's passes and nvdiffrast), into two
-  targets: float32 (world position, planar depth) and uint8 (encoded world normal, alpha 255);
+  targets: float32 (world position, planar depth) and uint8 (encoded world normal, alpha 255); barycentrics
+  are clamped to the triangle so sliver triangles cannot extrapolate positions off the surface;
 - a colour pass with MSAA in linear float, resolved (alpha = coverage, colour premultiplied), then a full-screen
   pass that un-premultiplies and encodes sRGB into an 8-bit target.
 
@@ -293,6 +294,7 @@ class Renderer:
     lighting: "studio" (built-in easylight environment), "albedo" (unlit base colour) or a path to an
     equirectangular .exr/.hdr environment map; see mvtune.render.lighting.
     msaa: samples for the colour pass (the geometry passes are never anti-aliased); 0 disables it.
+    ctx: share an existing context (several renderers, e.g. studio and albedo, in one process).
     """
 
     def __init__(
@@ -334,21 +336,28 @@ class Renderer:
         size = (self.resolution, self.resolution)
         self._position_depth = ctx.renderbuffer(size, 4, dtype="f4")
         self._normal = ctx.renderbuffer(size, 4, dtype="u1")
-        self._geometry_fbo = ctx.framebuffer(
-            [self._position_depth, self._normal], ctx.depth_renderbuffer(size)
-        )
+        geometry_depth = ctx.depth_renderbuffer(size)
+        self._geometry_fbo = ctx.framebuffer([self._position_depth, self._normal], geometry_depth)
         # Linear float colour, so that MSAA averages light (not sRGB codes) across the silhouette.
         self._premultiplied = ctx.texture(size, 4, dtype="f4")
         self._premultiplied.filter = (moderngl.NEAREST, moderngl.NEAREST)
         self._resolved_fbo = ctx.framebuffer([self._premultiplied])
         if self.msaa:
-            self._color_fbo = ctx.framebuffer(
-                [ctx.renderbuffer(size, 4, samples=self.msaa, dtype="f4")],
+            color_targets = [
+                ctx.renderbuffer(size, 4, samples=self.msaa, dtype="f4"),
                 ctx.depth_renderbuffer(size, samples=self.msaa),
-            )
+            ]
+            self._color_fbo = ctx.framebuffer(color_targets[:1], color_targets[1])
         else:
-            self._color_fbo = ctx.framebuffer([self._premultiplied], ctx.depth_renderbuffer(size))
-        self._srgb_fbo = ctx.framebuffer([ctx.renderbuffer(size, 4)])
+            color_targets = [ctx.depth_renderbuffer(size)]
+            self._color_fbo = ctx.framebuffer([self._premultiplied], color_targets[0])
+        srgb = ctx.renderbuffer(size, 4)
+        self._srgb_fbo = ctx.framebuffer([srgb])
+        self._gl_objects = [
+            self._geometry_fbo, self._resolved_fbo, self._color_fbo, self._srgb_fbo, self._fullscreen,
+            self._geometry, self._color, self._encode, self._position_depth, self._normal, geometry_depth,
+            self._premultiplied, *color_targets, srgb,
+        ]  # fmt: skip
 
     def render(self, mesh: Mesh, views: Sequence[View], position: bool = False) -> list[ViewImages]:
         """All views of one mesh; the mesh is uploaded once and released afterwards."""
@@ -359,13 +368,14 @@ class Renderer:
 
         Seconds spent are summed per stage into `last_timings` (upload, draw, readback).
         """
-        if not mesh.parts:
-            raise RenderError(f"{mesh.source or 'mesh'}: no parts to render")
+        drawable = [part for part in mesh.parts if len(part.faces)]
+        if not drawable:
+            raise RenderError(f"{mesh.source or 'mesh'}: no triangles to render")
         self.last_timings = {"upload": 0.0, "draw": 0.0, "readback": 0.0}
         # Make this renderer's context current: another context created since (in this thread) took over.
         with self.ctx:
             start = time.perf_counter()
-            parts = [_GpuPart(self.ctx, part, self._geometry, self._color) for part in mesh.parts]
+            parts = [_GpuPart(self.ctx, part, self._geometry, self._color) for part in drawable]
             self.last_timings["upload"] += time.perf_counter() - start
         try:
             for view in views:
@@ -423,6 +433,8 @@ class Renderer:
         position_depth = np.frombuffer(
             self._geometry_fbo.read(components=4, attachment=0, dtype="f4"), dtype=np.float32
         ).reshape(h, w, 4)
+        # Targets are cleared to 0 (an integer target cannot take a float clear value such as 65535);
+        # the depth background is filled in here from the coverage.
         mask = normal[..., 3] > 0
         depth = np.where(mask, position_depth[..., 3], np.float32(BACKGROUND_DEPTH)).astype(np.float32)
         return ViewImages(
@@ -434,6 +446,10 @@ class Renderer:
         )
 
     def release(self) -> None:
-        """Free the context if this renderer created it (which frees every GL object in it)."""
+        """Free the GL objects; the whole context if this renderer created it."""
         if self._owns_ctx:
             self.ctx.release()
+            return
+        with self.ctx:
+            for obj in self._gl_objects:
+                obj.release()
