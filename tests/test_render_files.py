@@ -32,13 +32,16 @@ def test_webp_round_trips_exactly_and_deterministically(tmp_path):
     files.write_color_webp(tmp_path / "color_0000.webp", color)
     files.write_normal_webp(tmp_path / "normal_0000.webp", normal)
     files.write_normal_webp(tmp_path / "again.webp", normal)
+    files.write_color_webp(tmp_path / "again_color.webp", color)
     got = files.read_webp_rgba(tmp_path / "color_0000.webp")
     assert np.array_equal(got[..., 3], color[..., 3])
     visible = color[..., 3] > 0
     assert np.array_equal(got[visible], color[visible])
     assert np.array_equal(files.read_webp_rgba(tmp_path / "normal_0000.webp"), normal)  # background RGB too
     assert (tmp_path / "normal_0000.webp").read_bytes() == (tmp_path / "again.webp").read_bytes()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.webp", "color_0000.webp", "normal_0000.webp"]
+    assert (tmp_path / "color_0000.webp").read_bytes() == (tmp_path / "again_color.webp").read_bytes()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["again.webp", "again_color.webp", "color_0000.webp", "normal_0000.webp"]  # no temp files
 
 
 def test_depth_exr_has_three_equal_float32_channels(tmp_path):
