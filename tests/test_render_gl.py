@@ -287,3 +287,10 @@ def test_real_mesh_depth_lies_on_its_surface(shared_meshes, studio, name):
         assert np.abs(points).max() < 0.5 + 1e-4, view.index  # every pixel inside the normalised unit cube
         sample = points[rng.choice(len(points), min(200, len(points)), replace=False)]
         assert distance_to_surface(vertices, faces, sample).max() < 0.01 * pixel, view.index
+
+
+def test_rendering_is_deterministic(studio, sphere_mesh, sphere_renders):
+    again = studio.render(sphere_mesh, [cameras.ortho10()[4]], position=True)[0]
+    first = sphere_renders[4]
+    for name in ("color", "depth", "normal", "mask", "position"):
+        assert np.array_equal(getattr(again, name), getattr(first, name)), name
