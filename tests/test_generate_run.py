@@ -40,7 +40,10 @@ def pipeline(tiny_base):
 
 def test_generate_writes_views_grid_conditions_and_record(tmp_path, tiny_base, sample_meshes_dir):
     mesh = sample_meshes_dir / "duck_yellow.glb"
-    cfg = GenerateConfig(mesh=mesh, prompt="a duck", out_dir=tmp_path / "run", seed=3, models=ModelConfig(base_model=tiny_base), sampling=SAMPLING)
+    cfg = GenerateConfig(
+        mesh=mesh, prompt="a duck", out_dir=tmp_path / "run", seed=3, models=ModelConfig(base_model=tiny_base),
+        sampling=SAMPLING,
+    )
     record = generate(cfg)
     out = tmp_path / "run"
     views = [np.asarray(Image.open(out / f"view_{i:04d}.png")) for i in range(6)]
@@ -77,7 +80,8 @@ def test_batch_continues_past_failures_and_resumes(tmp_path, pipeline, tiny_base
         {"mesh": str(sample_meshes_dir / "duck_blue.glb"), "prompt": "a blue duck", "seed": 5},
     ]
     items.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = BatchConfig(items=items, out_dir=tmp_path / "out", models=ModelConfig(base_model=tiny_base), sampling=SAMPLING)
+    models = ModelConfig(base_model=tiny_base)
+    cfg = BatchConfig(items=items, out_dir=tmp_path / "out", models=models, sampling=SAMPLING)
     summary = generate_batch(cfg, pipeline)
     assert (summary["generated"], summary["failed"], summary["skipped"]) == (2, 1, 0)
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
@@ -127,7 +131,10 @@ def test_bad_inputs(tmp_path, tiny_base, sample_meshes_dir):
     with pytest.raises(GenerateError, match="does not exist"):
         load_pipeline(ModelConfig(base_model=tmp_path / "missing"))
     (tmp_path / "empty.glb").write_bytes(b"")
-    cfg = GenerateConfig(mesh=tmp_path / "empty.glb", prompt="x", out_dir=tmp_path / "o", models=ModelConfig(base_model=tiny_base), sampling=SAMPLING)
+    cfg = GenerateConfig(
+        mesh=tmp_path / "empty.glb", prompt="x", out_dir=tmp_path / "o", models=ModelConfig(base_model=tiny_base),
+        sampling=SAMPLING,
+    )
     with pytest.raises(GenerateError, match="empty.glb"):
         generate(cfg)
     with pytest.raises(GenerateError, match="needs 'mesh' and 'prompt'"):

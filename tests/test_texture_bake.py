@@ -87,7 +87,8 @@ def test_view_checks(sample_meshes_dir):
         with pytest.raises(TextureError, match="5 view images for 6 cameras"):
             bake_texture(uv_mesh, views, good[:5], BakeOptions(texture_size=64), ctx)
         with pytest.raises(TextureError, match="differ in size"):
-            bake_texture(uv_mesh, views, good[:5] + [np.zeros((16, 16, 3), np.uint8)], BakeOptions(texture_size=64), ctx)
+            mixed = good[:5] + [np.zeros((16, 16, 3), np.uint8)]
+            bake_texture(uv_mesh, views, mixed, BakeOptions(texture_size=64), ctx)
         with pytest.raises(TextureError, match="square"):
             bake_texture(uv_mesh, views, [np.zeros((32, 16, 3), np.uint8)] * 6, BakeOptions(texture_size=64), ctx)
         with pytest.raises(TextureError, match="uint8"):

@@ -61,7 +61,8 @@ def test_glb_round_trip_in_source_coordinates(tmp_path, sample_meshes_dir, views
     saved = json.loads((tmp_path / "duck.json").read_text())
     assert saved["bake"]["texel_coverage"] == record["bake"]["texel_coverage"] > 0.8
     assert saved["unwrap"]["uvs"] == "xatlas" and "bake" in saved["timings"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["duck.glb", "duck.json", "duck_turntable.gif", "duck_turntable.png"]
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["duck.glb", "duck.json", "duck_turntable.gif", "duck_turntable.png"]
 
 
 def _copy_views(views_dir, tmp_path):

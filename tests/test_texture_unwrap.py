@@ -73,7 +73,8 @@ def test_face_budget(ctx, monkeypatch):
 
 
 def test_meshes_without_faces_are_refused(ctx):
-    empty = Mesh(parts=[MeshPart(np.zeros((3, 3), np.float32), np.zeros((0, 3), np.uint32), np.zeros((3, 3), np.float32))])
+    no_faces = MeshPart(np.zeros((3, 3), np.float32), np.zeros((0, 3), np.uint32), np.zeros((3, 3), np.float32))
+    empty = Mesh(parts=[no_faces])
     with pytest.raises(TextureError, match="no faces"):
         prepare_uv_mesh(empty, UnwrapConfig(), 256, ctx)
     with pytest.raises(TextureError, match="no faces"):

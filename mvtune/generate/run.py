@@ -283,7 +283,9 @@ def generate(cfg: GenerateConfig, pipeline=None, renderer=None) -> dict:
     return write_views(out, cfg.mesh, views8, up=cfg.sampling.up, extra=extra)
 
 
-def write_views(out_dir: Path, mesh_path: Path, images: list[np.ndarray], up: str = "y", extra: dict | None = None) -> dict:
+def write_views(
+    out_dir: Path, mesh_path: Path, images: list[np.ndarray], up: str = "y", extra: dict | None = None
+) -> dict:
     """Write tg2mv view images of a mesh file as a run folder `mvtune texture` accepts; returns the record.
 
     `generate` uses it for sampled views; it also turns views made elsewhere (e.g. albedo renders) into
@@ -401,7 +403,11 @@ def generate_batch(cfg: BatchConfig, pipeline=None) -> dict:
         )
         for item, object_id in zip(items, ids)
     ]
-    todo = [(item, object_id, run) for item, object_id, run in zip(items, ids, runs) if not _is_done(run.out_dir, _settings(run))]
+    todo = [
+        (item, object_id, run)
+        for item, object_id, run in zip(items, ids, runs)
+        if not _is_done(run.out_dir, _settings(run))
+    ]
     summary = {"total": len(items), "generated": 0, "skipped": len(items) - len(todo), "failed": 0, "errors": []}
     if todo and pipeline is None:
         pipeline = load_pipeline(cfg.models)  # a model that does not load fails the whole batch, up front
@@ -427,5 +433,10 @@ def generate_batch(cfg: BatchConfig, pipeline=None) -> dict:
 def _failed(summary: dict, object_id: str, item: dict, exc: Exception) -> None:
     summary["failed"] += 1
     summary["errors"].append(
-        {"id": object_id, "mesh": str(item["mesh"]), "prompt": str(item["prompt"]), "error": f"{type(exc).__name__}: {exc}"}
+        {
+            "id": object_id,
+            "mesh": str(item["mesh"]),
+            "prompt": str(item["prompt"]),
+            "error": f"{type(exc).__name__}: {exc}",
+        }
     )

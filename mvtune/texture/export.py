@@ -248,7 +248,13 @@ def texture_mesh(cfg: TextureConfig) -> dict:
         _write_image(paths["turntable_png"], Image.fromarray(np.concatenate(strip, axis=1)), format="PNG")
         frames = [Image.fromarray(im) for im in strip]
         _write_image(
-            paths["turntable_gif"], frames[0], format="GIF", save_all=True, append_images=frames[1:], duration=250, loop=0
+            paths["turntable_gif"],
+            frames[0],
+            format="GIF",
+            save_all=True,
+            append_images=frames[1:],
+            duration=250,
+            loop=0,
         )
         files.update(turntable_png=paths["turntable_png"].name, turntable_gif=paths["turntable_gif"].name)
     timings["total"] = time.perf_counter() - start
