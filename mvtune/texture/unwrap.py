@@ -172,7 +172,10 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, face_count: int) -> tuple[
 
 def unwrap(vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, texture_size: int, padding: int):
     """xatlas charts packed for a `texture_size`² texture; returns (vertices, faces, normals, uv) with split seams."""
-    import xatlas
+    try:
+        import xatlas
+    except ImportError as exc:
+        raise TextureError("this mesh needs a UV unwrap, which needs the 'xatlas' package (pip install xatlas)") from exc
 
     atlas = xatlas.Atlas()
     atlas.add_mesh(
