@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mvtune import __version__
 from mvtune.generate.conditions import ConditionMaps, condition_maps, load_normalized
+from mvtune.meshes import Mesh
 from mvtune.render.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -280,16 +281,22 @@ def generate(cfg: GenerateConfig, pipeline=None, renderer=None) -> dict:
         "files": {"grid": "grid.png", "conditions": "conditions.npz", "conditions_preview": "conditions.png"},
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-    return write_views(out, cfg.mesh, views8, up=cfg.sampling.up, extra=extra)
+    return write_views(out, cfg.mesh, views8, up=cfg.sampling.up, extra=extra, mesh=mesh)
 
 
 def write_views(
-    out_dir: Path, mesh_path: Path, images: list[np.ndarray], up: str = "y", extra: dict | None = None
+    out_dir: Path,
+    mesh_path: Path,
+    images: list[np.ndarray],
+    up: str = "y",
+    extra: dict | None = None,
+    mesh: Mesh | None = None,
 ) -> dict:
     """Write tg2mv view images of a mesh file as a run folder `mvtune texture` accepts; returns the record.
 
     `generate` uses it for sampled views; it also turns views made elsewhere (e.g. albedo renders) into
-    texture input. `extra` fields are merged into the record, which is written last.
+    texture input. `extra` fields are merged into the record, which is written last. `mesh`: the file already
+    normalised with `up`, to skip loading it again.
     """
     from mvtune.cameras import variant_cameras, variant_views
 
@@ -302,7 +309,7 @@ def write_views(
     for name, image in zip(names, images):
         _save_png(out / name, Image.fromarray(image))
     _save_png(out / "grid.png", grid_image(list(images)))
-    mesh = load_normalized(mesh_path, up=up)
+    mesh = mesh if mesh is not None else load_normalized(mesh_path, up=up)
     record = {
         "mvtune": __version__,
         "variant": VARIANT,
