@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mvtune import cameras
 from mvtune.cameras import View
@@ -49,7 +49,7 @@ class TextureConfig(BaseModel):
     bake: BakeOptions = BakeOptions()
     image_format: Literal["png", "jpeg"] = "png"  # texture encoding inside the GLB
     turntable: bool = True
-    turntable_resolution: int = 256
+    turntable_resolution: int = Field(256, ge=16, le=2048)
 
     @model_validator(mode="after")
     def _views_or_prompt(self) -> "TextureConfig":
