@@ -61,7 +61,7 @@ def _has_nvidia_gpu() -> bool:
     return (
         os.path.exists("/dev/nvidia0")
         or shutil.which("nvidia-smi") is not None
-        or bool(os.environ.get("CUDA_VISIBLE_DEVICES", "").strip())
+        or os.environ.get("CUDA_VISIBLE_DEVICES", "").strip() not in ("", "-1", "NoDevFiles")
     )
 
 
