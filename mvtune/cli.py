@@ -238,33 +238,226 @@ def _print_report(result) -> None:
     )
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def train(
+    ctx: typer.Context,
+    config: Path = typer.Argument(..., help="Training YAML (mvtune layout or MV-Adapter's own data/system/trainer layout)."),
+    resume: Optional[str] = typer.Option(None, help="'auto' (newest valid checkpoint of this run) or a checkpoint path."),
+) -> None:
+    """Fine-tune MV-Adapter (adapter, LoRA, adapter+lora; prior preservation, EMA). Extra args are key=value overrides."""
+    from mvtune.train.config import TrainConfigError
+    from mvtune.train.run import train_from_cli
+    from mvtune.train.system import NonFiniteLossError
+
+    overrides = list(ctx.args)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        _fail(f"overrides must look like key=value, got {bad}")
+    try:
+        run_dir = train_from_cli(config, overrides, resume)
+    except TrainConfigError as exc:
+        _fail(str(exc))
+    except NonFiniteLossError as exc:
+        _fail(str(exc), code=1)
+    console.print(f"run folder: {run_dir}")
+
+
+def _model_options(base_model, adapter, lora, lora_scale, scheduler, device, dtype):
+    from mvtune.generate import ModelConfig
+
+    return ModelConfig(base_model=base_model, adapter=adapter, lora=lora, lora_scale=lora_scale,
+                       scheduler=scheduler, device=device, dtype=dtype)
+
+
+def _sampling_options(steps, guidance, negative_prompt, resolution, mv_scale, control_scale, up):
+    from mvtune.generate import SamplingConfig
+
+    kwargs = dict(steps=steps, guidance=guidance, resolution=resolution, mv_scale=mv_scale,
+                  control_scale=control_scale, up=up)
+    if negative_prompt is not None:
+        kwargs["negative_prompt"] = negative_prompt
+    return SamplingConfig(**kwargs)
+
+
+def _validation_message(exc) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
+
+
+BASE_MODEL_HELP = "Local diffusers SDXL folder (SDXL base, DreamShaper XL, ..., or one from `mvtune tiny-model`)."
+
+
+@app.command("tiny-model")
+def tiny_model(
+    out_dir: Path = typer.Argument(..., help="Folder for a tiny random SDXL in diffusers format (~5 MB)."),
+    seed: int = typer.Option(0, help="Seed of the random weights."),
+) -> None:
+    """Save a tiny random SDXL pipeline (offline) to try generate/texture/train without downloading weights."""
+    from mvtune.models import build_tiny_sdxl
+
+    build_tiny_sdxl(out_dir, seed=seed)
+    console.print(f"tiny random SDXL saved to {out_dir}")
+
+
+@app.command()
+def generate(
+    out: Path = typer.Option(..., "--out", help="Output folder (one subfolder per row in batch mode)."),
+    base_model: Path = typer.Option(..., help=BASE_MODEL_HELP),
+    mesh: Optional[Path] = typer.Option(None, help="Mesh to texture (GLB/GLTF/OBJ/PLY)."),
+    prompt: Optional[str] = typer.Option(None, help="Text prompt."),
+    batch: Optional[Path] = typer.Option(None, help="CSV (header mesh,prompt[,seed][,id]) or JSONL of rows instead of --mesh/--prompt."),
+    adapter: Optional[Path] = typer.Option(None, help="MV-Adapter weights (released or fine-tuned .safetensors)."),
+    lora: Optional[Path] = typer.Option(None, help="SDXL UNet LoRA (diffusers or kohya format)."),
+    lora_scale: float = typer.Option(1.0),
+    seed: int = typer.Option(0),
+    steps: int = typer.Option(50),
+    guidance: float = typer.Option(7.0),
+    negative_prompt: Optional[str] = typer.Option(None, help="Default: MV-Adapter's negative prompt."),
+    resolution: int = typer.Option(768),
+    mv_scale: float = typer.Option(1.0),
+    control_scale: float = typer.Option(1.0),
+    scheduler: str = typer.Option("euler", help="euler or ddpm (both with ShiftSNR)."),
+    up: str = typer.Option("y", help="The mesh file's up axis: y or z."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("float32", help="float32, float16 or bfloat16."),
+) -> None:
+    """Text + mesh -> 6 views (front, right, back, left, top, bottom), grid, condition maps and a JSON record."""
+    from pydantic import ValidationError
+
+    from mvtune.generate import BatchConfig, GenerateConfig, GenerateError, generate as run_generate, generate_batch
+
+    if (batch is None) == (mesh is None or prompt is None):
+        _fail("give either --mesh and --prompt, or --batch LIST")
+    try:
+        models = _model_options(base_model, adapter, lora, lora_scale, scheduler, device, dtype)
+        sampling = _sampling_options(steps, guidance, negative_prompt, resolution, mv_scale, control_scale, up)
+        if batch is not None:
+            summary = generate_batch(BatchConfig(items=batch, out_dir=out, seed=seed, models=models, sampling=sampling))
+            console.print(f"batch: {json.dumps({k: v for k, v in summary.items() if k != 'errors'})}")
+            if summary.get("failed"):
+                raise typer.Exit(1)
+        else:
+            run_generate(GenerateConfig(mesh=mesh, prompt=prompt, out_dir=out, seed=seed, models=models, sampling=sampling))
+            console.print(f"views, grid and record in {out}")
+    except ValidationError as exc:
+        _fail(_validation_message(exc))
+    except GenerateError as exc:
+        _fail(str(exc), code=1)
+
+
+@app.command()
+def texture(
+    mesh: Path = typer.Option(..., help="The mesh to texture."),
+    out: Path = typer.Option(..., "--out", help="Output .glb (a turntable PNG/GIF and a JSON record go beside it)."),
+    views: Optional[Path] = typer.Option(None, help="A `mvtune generate` output folder with the 6 views."),
+    prompt: Optional[str] = typer.Option(None, help="Generate the views first with this prompt (needs --base-model)."),
+    base_model: Optional[Path] = typer.Option(None, help=BASE_MODEL_HELP),
+    adapter: Optional[Path] = typer.Option(None),
+    lora: Optional[Path] = typer.Option(None),
+    seed: int = typer.Option(0),
+    steps: int = typer.Option(50),
+    guidance: float = typer.Option(7.0),
+    resolution: int = typer.Option(768),
+    up: str = typer.Option("y", help="The mesh file's up axis: y or z."),
+    device: str = typer.Option("cpu"),
+    dtype: str = typer.Option("float32"),
+    texture_size: int = typer.Option(2048, help="Texture resolution."),
+    uv: str = typer.Option("auto", help="auto (keep usable UVs, else unwrap with xatlas), keep, or unwrap."),
+    face_budget: int = typer.Option(200_000, help="Meshes above this are decimated before unwrapping."),
+    turntable: bool = typer.Option(True, help="Also write an 8-view turntable PNG strip and GIF."),
+) -> None:
+    """Bake 6 generated views into a texture and export a textured GLB in the mesh's original coordinates."""
+    from pydantic import ValidationError
+
+    from mvtune.texture import BakeOptions, TextureConfig, TextureError, UnwrapConfig, texture_mesh
+
+    try:
+        models = None
+        if base_model is not None:
+            models = _model_options(base_model, adapter, lora, 1.0, "euler", device, dtype)
+        cfg = TextureConfig(
+            mesh=mesh, out=out, views=views, prompt=prompt, models=models, seed=seed,
+            sampling=_sampling_options(steps, guidance, None, resolution, 1.0, 1.0, up),
+            unwrap=UnwrapConfig(uv=uv, face_budget=face_budget), bake=BakeOptions(texture_size=texture_size),
+            turntable=turntable,
+        )
+        record = texture_mesh(cfg)
+    except ValidationError as exc:
+        _fail(_validation_message(exc))
+    except TextureError as exc:
+        _fail(str(exc), code=1)
+    console.print(f"textured mesh: {out} ({json.dumps(record.get('coverage', {}))})")
+
+
 @app.command()
 def demo(
-    out_dir: Path = typer.Option(Path("demo-output"), "--out", help="Where the demo writes meshes, dataset and reports."),
-    resolution: int = typer.Option(256, help="Render resolution for the demo dataset."),
+    out_dir: Path = typer.Option(Path("demo-output"), "--out", help="Where the demo writes everything."),
+    base_model: str = typer.Option("tiny", help="'tiny' (random tiny SDXL, CPU) or a local diffusers SDXL folder."),
+    adapter: Optional[Path] = typer.Option(None, help="Released MV-Adapter weights to fine-tune from."),
+    device: str = typer.Option("cpu", help="Training/sampling device: cpu or gpu."),
+    render_resolution: int = typer.Option(128, help="Resolution of the rendered dataset (1024 for real training)."),
+    train_resolution: int = typer.Option(64, help="Training resolution (768 for real training)."),
+    steps: int = typer.Option(40, help="Training steps."),
+    texture_size: int = typer.Option(512, help="Texture size of the final GLB."),
 ) -> None:
-    """The main job on built-in data: sample meshes -> rendered dataset -> validation report."""
-    from mvtune.data.validate import validate_dataset
+    """End to end on built-in meshes: render -> validate -> split -> train -> sample a held-out mesh -> textured GLB."""
+    import numpy as np
+    from PIL import Image
+
+    from mvtune.data.splits import split_dataset
+    from mvtune.data.validate import read_scene_list, validate_dataset
     from mvtune.meshes import write_sample_meshes
     from mvtune.render.dataset import RenderConfig, render_dataset
 
     meshes_dir, data_dir = out_dir / "meshes", out_dir / "dataset"
     paths = write_sample_meshes(meshes_dir)
-    console.print(f"[bold]1/3[/] wrote {len(paths)} built-in sample meshes to {meshes_dir}")
-    cfg = RenderConfig(input=meshes_dir, out_dir=data_dir, resolution=resolution)
+    console.print(f"[bold]1/7[/] wrote {len(paths)} built-in sample meshes to {meshes_dir}")
+    cfg = RenderConfig(input=meshes_dir, out_dir=data_dir, resolution=render_resolution)
     with _progress() as progress:
         task = progress.add_task("render", total=len(paths), item="")
         summary = render_dataset(cfg, on_progress=lambda d, t, i: progress.update(task, completed=d, item=i))
-    console.print(f"[bold]2/3[/] rendered {summary.rendered + summary.skipped}/{summary.total} objects into {data_dir}")
     if summary.failed:
         _fail(f"{summary.failed} meshes failed to render, see {data_dir / 'errors.jsonl'}", code=1)
+    console.print(f"[bold]2/7[/] rendered {summary.total} objects (ortho10) into {data_dir}")
+    split = split_dataset(data_dir, val=0.2, test=0.2, seed=0)
+    console.print(f"[bold]3/7[/] split by source mesh: {split['objects']}")
     result = validate_dataset(data_dir, "tg2mv")
     (data_dir / "validation_report.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     _print_report(result)
     if not result.ok:
         _fail("the demo dataset did not validate", code=1)
-    console.print(f"[bold]3/3[/] validated; dataset: {data_dir.resolve()}")
-    print(data_dir.resolve())
+    console.print("[bold]4/7[/] validated (view layout, normals frame, files, captions, no split leakage)")
+
+    from mvtune.train.run import demo_sample, demo_training
+
+    console.print(f"[bold]5/7[/] training the adapter for {steps} steps on {base_model} ({device}) ...")
+    run_dir = demo_training(
+        data_dir, out_dir / "runs", steps=steps, resolution=train_resolution,
+        base=base_model, adapter=adapter, accelerator=device,
+    )
+    metrics = run_dir / "metrics.csv"
+    console.print(f"      run folder {run_dir} (metrics {metrics.name}, sample grids in samples/)")
+    held_out = read_scene_list(data_dir / "split_test.json")[0]
+    grid = demo_sample(run_dir, data_dir, object_id=held_out)
+    console.print(f"[bold]6/7[/] sampled 6 views of held-out mesh {held_out}: {grid}")
+
+    from mvtune.generate import write_views
+    from mvtune.texture import BakeOptions, TextureConfig, texture_mesh
+
+    source = Path(json.loads((data_dir / "manifest.json").read_text())["objects"][held_out]["source"])
+    images = [np.asarray(Image.open(grid.parent / f"view_{k}.png").convert("RGB")) for k in range(6)]
+    views_dir = out_dir / "held_out_views"
+    write_views(views_dir, source, images)
+    glb = out_dir / "textured" / f"{held_out}.glb"
+    glb.parent.mkdir(parents=True, exist_ok=True)
+    texture_mesh(TextureConfig(mesh=source, views=views_dir, out=glb, bake=BakeOptions(texture_size=texture_size)))
+    console.print(f"[bold]7/7[/] textured GLB {glb} with turntable {glb.with_name(glb.stem + '_turntable.gif')}")
+    summary_path = out_dir / "demo_summary.json"
+    summary_path.write_text(json.dumps({
+        "dataset": str(data_dir.resolve()), "run": str(run_dir.resolve()), "held_out": held_out,
+        "held_out_grid": str(grid.resolve()), "textured_glb": str(glb.resolve()),
+    }, indent=2) + "\n")
+    console.print(f"[green]done[/]: summary in {summary_path}")
+    print(out_dir.resolve())
 
 
 if __name__ == "__main__":

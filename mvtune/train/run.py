@@ -321,19 +321,32 @@ def train_from_cli(config_path: Path, overrides: list[str], resume: str | None) 
 # ---- demo ----------------------------------------------------------------------------------------------------
 
 
-def demo_config(dataset_dir: Path, out_dir: Path, steps: int, resolution: int, strategy: str, seed: int) -> TrainConfig:
-    """A tiny-SDXL CPU run on a dataset's train split: big learning rate, no warm-up, few sampling steps."""
+def demo_config(
+    dataset_dir: Path,
+    out_dir: Path,
+    steps: int,
+    resolution: int,
+    strategy: str,
+    seed: int,
+    base: str = "tiny",
+    adapter: Path | None = None,
+    accelerator: str = "cpu",
+) -> TrainConfig:
+    """A short run on a dataset's train split. With the tiny random SDXL (default): CPU, fp32, big learning rate,
+    no warm-up. With a real base model (a local diffusers folder) and GPU: bf16-mixed and the reference's lr."""
+    tiny = base == "tiny"
     return load_config(
         None,
         base={
             "strategy": strategy,
             "data": {"root": str(dataset_dir), "height": resolution, "width": resolution, "num_workers": 0},
-            "model": {"base": "tiny", "frozen_dtype": "fp32"},
-            "optim": {"lr": 1e-3, "warmup_steps": 0},
-            "lora": {"lr": 1e-3, "rank": 4, "alpha": 4},
-            "validation": {"every_n_steps": max(1, steps // 2), "num_inference_steps": 10, "num_objects": 2, "sanity_steps": 0},
-            "trainer": {"max_steps": steps, "max_epochs": None, "precision": "32-true", "accelerator": "cpu",
-                        "enable_progress_bar": False, "seed": seed, "log_every_n_steps": 1},
+            "model": {"base": base, "adapter": str(adapter) if adapter else None, "frozen_dtype": "fp32" if tiny else "auto"},
+            "optim": {"lr": 1e-3 if tiny else 5e-5, "warmup_steps": 0},
+            "lora": {"lr": 1e-3 if tiny else 1e-4, "rank": 4, "alpha": 4},
+            "validation": {"every_n_steps": max(1, steps // 2), "num_inference_steps": 10 if tiny else 30,
+                           "num_objects": 2, "sanity_steps": 0},
+            "trainer": {"max_steps": steps, "max_epochs": None, "precision": "32-true" if tiny else "bf16-mixed",
+                        "accelerator": accelerator, "enable_progress_bar": False, "seed": seed, "log_every_n_steps": 1},
             "checkpoint": {"every_n_steps": steps},
             "output": {"dir": str(out_dir), "name": "demo-train"},
         },
@@ -347,16 +360,19 @@ def demo_training(
     resolution: int = 64,
     strategy: str = "adapter",
     seed: int = 0,
+    base: str = "tiny",
+    adapter: Path | None = None,
+    accelerator: str = "cpu",
 ) -> Path:
-    """Train the tiny random SDXL's adapter on CPU for `steps` steps on the dataset's train split; returns the run
-    folder (metrics, grids in samples/, exports). Writes split files first if the dataset has none."""
+    """Train the adapter for `steps` steps on the dataset's train split (the tiny random SDXL on CPU by default);
+    returns the run folder (metrics, grids in samples/, exports). Writes split files first if the dataset has none."""
     from mvtune.data.splits import SPLIT_FILES, split_dataset
 
     dataset_dir = Path(dataset_dir)
     if not all((dataset_dir / f).exists() for f in SPLIT_FILES.values()):
         log.info("no split files in %s: splitting it (val 0.2, test 0.2)", dataset_dir)
         split_dataset(dataset_dir, val=0.2, test=0.2, seed=seed)
-    cfg = demo_config(dataset_dir, Path(out_dir), steps, resolution, strategy, seed)
+    cfg = demo_config(dataset_dir, Path(out_dir), steps, resolution, strategy, seed, base, adapter, accelerator)
     return train(cfg, config_stem="demo", resume=None)
 
 
