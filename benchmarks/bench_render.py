@@ -20,14 +20,14 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from mvtune import cameras
 from mvtune.meshes.mesh import Mesh, MeshPart
-from mvtune.render import Renderer, build_meta, write_meta_json, write_view_files
+from mvtune.render import Renderer
+from mvtune.render.dataset import write_object_views
 
 BUDGET_S = 1.5
 SHARED_MESHES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "meshes"
@@ -80,10 +80,9 @@ def render_object_ortho10(
     renderer: Renderer | None = None,
     workers: int = 2,
 ) -> dict[str, float]:
-    """Render and write one object's ortho10 files into out_dir; returns seconds per stage and 'total'.
+    """One object's ortho10 files through the dataset writer's own path; returns seconds per stage and 'total'.
 
-    With workers > 0, views are encoded in a thread pool while the next view renders (Pillow and OpenEXR
-    release the GIL); encode times are then summed thread time, not wall time.
+    `workers` encode threads overlap encoding with rendering; encode times are then summed thread time.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -91,30 +90,13 @@ def render_object_ortho10(
     mesh = _load(path_or_mesh)
     loaded = time.perf_counter()
     renderer = renderer or Renderer(resolution)
-    views = cameras.ortho10()
-    encode: dict[str, float] = {}
-
-    def add(timings: dict[str, float]) -> None:
-        for key, seconds in timings.items():
-            encode[key] = encode.get(key, 0.0) + seconds
-
-    if workers > 0:
-        with ThreadPoolExecutor(workers) as pool:
-            futures = [pool.submit(write_view_files, out_dir, v.index, im) for v, im in
-                       zip(views, renderer.render_iter(mesh, views))]
-            for future in futures:
-                add(future.result())
-    else:
-        for view, images in zip(views, renderer.render_iter(mesh, views)):
-            add(write_view_files(out_dir, view.index, images))
-    write_meta_json(out_dir / "meta.json", build_meta(views, resolution))
-    end = time.perf_counter()
+    stages = write_object_views(renderer, mesh, cameras.ortho10(), out_dir, encode_threads=workers)
+    encode = {k: v for k, v in stages.items() if k.startswith(("webp", "exr"))}
     return {
         "load": loaded - start,
-        **renderer.last_timings,
-        **encode,
+        **stages,
         "encode": sum(encode.values()),
-        "total": end - start,
+        "total": time.perf_counter() - start,
         "cpu": time.process_time() - cpu_start,  # all threads (llvmpipe's and the encoders'): stable under load
         "triangles": float(mesh.num_faces),
     }
@@ -144,6 +126,33 @@ def bench_objects(resolution: int, workers_list: list[int], repeats: int) -> lis
               f"{r['webp_color']:6.2f} {r['webp_normal']:6.2f} {r['exr_depth']:6.2f} {r['total']:6.2f} "
               f"{r['total_median']:6.2f} {r['cpu']:6.2f} {r['total'] / BUDGET_S:7.2f}")
     return rows
+
+
+def bench_blender(resolution: int, samples: int) -> None:
+    """Same ortho10 views with Blender Cycles (CPU) and with ours: time per view, ratio, depth/position agreement."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from blender_compare import compare_geometry, geometry_from_mesh, render_with_blender
+
+    views = cameras.ortho10()
+    renderer = Renderer(resolution)
+    renderer.render(textured_sphere(1000), views[:1])  # shader JIT
+    print(f"\nBlender Cycles CPU ({samples} samples) vs mvtune, {resolution}², ortho10 geometry passes")
+    print(f"{'object':12} {'blender s/view':>14} {'ours s/view':>11} {'ratio':>7} {'depth med':>10} {'depth p99':>10} "
+          f"{'pos med':>10} {'pos p99':>10} {'>1e-5':>7}")
+    for name, mesh in (("sphere-10k", textured_sphere(10_000)), ("sphere-200k", textured_sphere(200_000))):
+        start = time.perf_counter()
+        ours = renderer.render(mesh, views, position=True)
+        ours_per_view = (time.perf_counter() - start) / len(views)
+        part = mesh.parts[0]
+        blender = render_with_blender(*geometry_from_mesh(mesh), views, resolution, samples, uv=part.uv, texture=part.texture)
+        agreement = compare_geometry(
+            np.stack([v.depth for v in ours]), np.stack([v.position for v in ours]), np.stack([v.mask for v in ours]),
+            blender["depth"], blender["position"], blender["mask"],
+        )
+        ratio = blender["seconds_per_view"] / ours_per_view
+        print(f"{name:12} {blender['seconds_per_view']:14.2f} {ours_per_view:11.3f} {ratio:7.1f} "
+              f"{agreement['depth_median']:10.2e} {agreement['depth_p99']:10.2e} {agreement['position_median']:10.2e} "
+              f"{agreement['position_p99']:10.2e} {agreement['position_frac_over_tol']:7.2%}")
 
 
 def bench_encoders(resolution: int) -> None:
@@ -189,10 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--encoders", action="store_true", help="also measure WebP/EXR encoder settings")
+    parser.add_argument("--with-blender", action="store_true",
+                        help="also render the same views with Blender (scripts/setup_blender.sh) and compare")
+    parser.add_argument("--blender-samples", type=int, default=16)
     args = parser.parse_args(argv)
     bench_objects(args.resolution, args.workers, args.repeats)
     if args.encoders:
         bench_encoders(args.resolution)
+    if args.with_blender:
+        bench_blender(args.resolution, args.blender_samples)
     return 0
 
 

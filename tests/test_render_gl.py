@@ -294,3 +294,14 @@ def test_rendering_is_deterministic(studio, sphere_mesh, sphere_renders):
     first = sphere_renders[4]
     for name in ("color", "depth", "normal", "mask", "position"):
         assert np.array_equal(getattr(again, name), getattr(first, name)), name
+
+
+def test_untextured_part_renders_neutral_grey(tmp_path):
+    from mvtune.meshes import load_mesh, normalize_mesh
+
+    path = tmp_path / "plain.obj"
+    path.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n")
+    mesh = normalize_mesh(load_mesh(path))
+    image = Renderer(64, lighting="albedo").render(mesh, cameras.ortho10()[:1])[0]
+    rgb = image.color[..., :3][image.color[..., 3] == 255]
+    assert rgb.size and np.all(np.abs(rgb.astype(int) - 128) <= 1)

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: Colour of parts with no texture, no vertex colours and no material colour (sRGB, RGBA).
-NEUTRAL_GREY = (0.5, 0.5, 0.5, 1.0)
+#: Colour factor of parts with no texture, no vertex colours and no material colour. Factors are linear
+#: (glTF baseColorFactor), so this is the linear value that displays as sRGB 0.5 grey.
+NEUTRAL_GREY = (0.214, 0.214, 0.214, 1.0)
 
 
 class MeshError(Exception):
@@ -19,7 +20,7 @@ class MeshPart:
     """One material's worth of triangles, vertices already transformed into the mesh's frame.
 
     Colour sources, in order of precedence: `texture` sampled at `uv` (times `color_factor`), else
-    `vertex_colors`, else `color_factor` alone. All colours are sRGB-encoded.
+    `vertex_colors`, else `color_factor` alone. Texture and vertex colours are sRGB-encoded; `color_factor` is linear.
     """
 
     vertices: np.ndarray  # (N, 3) float32
