@@ -421,6 +421,8 @@ def demo_sample(
     )
     if (export / LORA_FILE).exists():
         pipe.unet.load_lora_adapter(str(export / LORA_FILE), prefix="unet")
+    if cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        pipe.to("cuda", torch.bfloat16)
     dataset = MultiviewDataset(
         dataset_dir, [object_id], variant=cfg.model.variant, height=cfg.data.height, width=cfg.data.width,
         captions=cfg.data.captions,
