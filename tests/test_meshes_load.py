@@ -2,7 +2,6 @@
 
 import base64
 import json
-import struct
 from pathlib import Path
 
 import numpy as np

@@ -22,7 +22,6 @@ clamp(P+0.5, 0, 1) in world XYZ, normals n*0.5+0.5 in world XYZ) and the 0.5 bac
 
 from __future__ import annotations
 
-import colorsys
 import dataclasses
 import json
 import logging

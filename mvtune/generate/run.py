@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mvtune import __version__
 from mvtune.generate.conditions import ConditionMaps, condition_maps, load_normalized
 from mvtune.meshes import Mesh
+from mvtune.render.dataset import sha256_file
 from mvtune.render.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -108,14 +109,6 @@ class BatchConfig(BaseModel):
     seed: int = 0
     models: ModelConfig
     sampling: SamplingConfig = SamplingConfig()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_pipeline(models: ModelConfig):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -191,9 +190,10 @@ def read_sidecars(path: Path) -> tuple[str | None, dict]:
 
 
 def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from mvtune.render.files import atomic_write
+
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def is_done(obj_dir: Path, digest: str, settings: dict) -> bool:
@@ -305,7 +305,7 @@ def render_dataset(cfg: RenderConfig, on_progress: Callable[[int, int, str], Non
         write_json_atomic(out / "render_config.json", json.loads(cfg.model_dump_json()))
     except OSError as exc:
         raise DatasetWriteError(f"cannot write to output folder {out}: {exc}") from None
-    for leftover in out.glob(".*.tmp-*"):  # temp files of a run killed mid-write
+    for leftover in out.glob(".*.tmp"):  # temp files of a run killed mid-write (see files.atomic_write)
         leftover.unlink(missing_ok=True)
     captions_override = _load_captions(cfg.captions) if cfg.captions else {}
 
