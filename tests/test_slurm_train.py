@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slurm_cluster import available, slurm_cluster
+from slurm_cluster import FINAL_STATES, available, slurm_cluster
 from test_train_config import render_ducks
 
 from mvtune.train.run import checkpoint_step
@@ -43,8 +43,7 @@ def _wait_for(predicate, timeout: float, what: str, cluster, job: str, out: Path
     while time.monotonic() < deadline:
         if predicate():
             return
-        state = cluster.state(job)
-        if state not in ("PENDING", "RUNNING", "CONFIGURING", None):
+        if cluster.state(job) in FINAL_STATES:  # ended: what we wait for will not come
             break
         time.sleep(0.2)
     log = out.read_text(errors="replace")[-4000:] if out.exists() else "(no job output)"
