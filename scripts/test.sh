@@ -3,6 +3,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# A one-node Slurm on localhost for the preemption/requeue tests (they skip with a reason without it).
+if ! PATH="$PATH:/usr/sbin:/sbin" command -v slurmctld >/dev/null || ! PATH="$PATH:/usr/sbin:/sbin" command -v munged >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "[test] installing slurm-wlm and munge for the Slurm integration tests"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
+  else
+    echo "[test] slurm-wlm/munge not installed and not root: the Slurm tests will be skipped" >&2
+  fi
+fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 if [ "${1:-}" = "--all" ]; then shift; exec .venv/bin/python -m pytest "$@"; fi
 exec .venv/bin/python -m pytest -m "not slow" "$@"

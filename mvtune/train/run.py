@@ -219,6 +219,11 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, extra_callbacks: list | None 
     if on_slurm:
         # Lightning saves hpc_ckpt_N.ckpt into the run folder and requeues; the requeued job resumes from it.
         plugins.append(SLURMEnvironment(requeue_signal=signal.SIGUSR1))
+    elif os.environ.get("SLURM_JOB_ID"):
+        log.warning(
+            "running in Slurm job %s but not as a Slurm task: auto-requeue is off (SIGUSR1 only saves and exits). "
+            "Start training with `srun` or submit with --ntasks; see docs/slurm.md", os.environ["SLURM_JOB_ID"]
+        )
     preempt = PreemptionCallback(ckpt_dir, [signal.SIGTERM] if on_slurm else [signal.SIGUSR1, signal.SIGTERM])
     callbacks.append(preempt)
     callbacks += extra_callbacks or []
