@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # A one-node Slurm on localhost for the preemption/requeue tests (they skip with a reason without it).
-if ! PATH="$PATH:/usr/sbin:/sbin" command -v slurmctld >/dev/null || ! PATH="$PATH:/usr/sbin:/sbin" command -v munged >/dev/null; then
+export PATH="$PATH:/usr/sbin:/sbin"
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   if [ "$(id -u)" = 0 ]; then
     echo "[test] installing slurm-wlm and munge for the Slurm integration tests"
     export DEBIAN_FRONTEND=noninteractive
