@@ -90,7 +90,7 @@ def render(
             max_texture_pixels=max_texture_pixels,
         )
     except ValidationError as exc:
-        _fail("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        _fail("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()))
     try:
         with _progress() as progress:
             task = progress.add_task("render", total=None, item="")

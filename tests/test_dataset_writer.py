@@ -140,3 +140,57 @@ def test_bad_config_is_refused_before_work(tmp_path):
         capture_output=True, text=True, cwd=REPO,
     )
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_failed_rerender_does_not_list_the_stale_render(meshes_dir, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in sorted(meshes_dir.glob("*.glb"))[:2]:
+        (src / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "ds"
+    render_dataset(RenderConfig(input=src, out_dir=out, resolution=RES))
+    broken = sorted(src.glob("*.glb"))[0]
+    broken.write_bytes(b"not a glb any more")
+    summary = render_dataset(RenderConfig(input=src, out_dir=out, resolution=RES))
+    assert summary.failed == 1
+    ids = json.loads((out / "scene_list.json").read_text())
+    assert broken.stem not in ids and len(ids) == 1
+    assert broken.stem not in json.loads((out / "manifest.json").read_text())["objects"]
+    # a settings change whose re-render fails must not leave the old settings' files listed either
+    summary = render_dataset(RenderConfig(input=src, out_dir=out, resolution=RES + 16, max_texture_pixels=1))
+    assert json.loads((out / "scene_list.json").read_text()) == []
+
+
+def test_kill_while_clearing_an_outdated_object_is_not_taken_for_done(meshes_dir, tmp_path, monkeypatch):
+    from mvtune.render import dataset
+
+    reference = tmp_path / "reference"
+    render_dataset(RenderConfig(input=meshes_dir, out_dir=reference, resolution=RES))
+    out = tmp_path / "ds"
+    render_dataset(RenderConfig(input=meshes_dir, out_dir=out, resolution=RES))
+
+    def killed_rmtree(path, *args, **kwargs):
+        # rmtree's order is the directory's: here it reaches the marker last and is killed just before
+        for p in Path(path).iterdir():
+            if p.name != DONE_MARKER:
+                p.unlink()
+        raise KeyboardInterrupt
+
+    # a run with another setting is killed while clearing the first object, then the user goes back
+    monkeypatch.setattr(dataset.shutil, "rmtree", killed_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        render_dataset(RenderConfig(input=meshes_dir, out_dir=out, resolution=RES + 16))
+    monkeypatch.undo()
+    summary = render_dataset(RenderConfig(input=meshes_dir, out_dir=out, resolution=RES))
+    assert (summary.rendered, summary.skipped) == (1, 2)
+    assert tree_digest(out) == tree_digest(reference)
+
+
+def test_bad_lighting_and_option_names_are_refused_up_front(meshes_dir, tmp_path):
+    cmd = [sys.executable, "-m", "mvtune.cli", "render", str(meshes_dir), str(tmp_path / "o")]
+    result = subprocess.run([*cmd, "--lighting", "nope.exr"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2, result.stderr
+    assert "--lighting" in result.stderr and "nope.exr" in result.stderr
+    assert not (tmp_path / "o").exists()
+    result = subprocess.run([*cmd, "--max-texture-pixels", "0"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "--max-texture-pixels" in result.stderr

@@ -70,6 +70,19 @@ class RenderConfig(BaseModel):
         cameras.layout(value)  # raises ValueError naming the problem
         return value
 
+    @field_validator("lighting")
+    @classmethod
+    def _known_lighting(cls, value: str) -> str:
+        # Checked here, not in the workers: a bad path would otherwise fail every mesh one by one.
+        if value in ("studio", "albedo"):
+            return value
+        path = Path(value)
+        if path.suffix.lower() not in (".exr", ".hdr"):
+            raise ValueError(f"{value!r} is not 'studio', 'albedo' or an .exr/.hdr environment map")
+        if not path.is_file():
+            raise ValueError(f"environment map {value} not found")
+        return value
+
     def settings(self) -> dict:
         """The subset that changes rendered files: a done marker is valid only for the same settings."""
         return {
@@ -262,6 +275,8 @@ def render_object(cfg: RenderConfig, object_id: str, src: Path, digest: str) -> 
 
     obj_dir = object_dir(cfg.out_dir, object_id)
     if obj_dir.exists():  # leftovers of an interrupted or outdated render
+        # Marker first: rmtree's order is arbitrary, and a kill mid-rmtree must not leave a "done" folder.
+        (obj_dir / DONE_MARKER).unlink(missing_ok=True)
         shutil.rmtree(obj_dir)
     obj_dir.mkdir(parents=True)
     write_object_views(_worker_renderer(cfg), mesh, views, obj_dir, cfg.position)
@@ -313,12 +328,14 @@ def render_dataset(cfg: RenderConfig, on_progress: Callable[[int, int, str], Non
     errors_path = out / ERRORS
     errors_path.write_text("")
     todo: list[tuple[str, Path, str]] = []
+    digests: dict[str, str] = {}
     for object_id, src in meshes.items():
         try:
             digest = source_hash(src)
         except OSError as exc:
             _record_error(summary, errors_path, object_id, src, f"cannot read source: {exc}")
             continue
+        digests[object_id] = digest
         if is_done(object_dir(out, object_id), digest, cfg.settings()):
             summary.skipped += 1
         else:
@@ -342,7 +359,7 @@ def render_dataset(cfg: RenderConfig, on_progress: Callable[[int, int, str], Non
     else:
         _render_in_pool(cfg, todo, finished)
 
-    _write_index(cfg, meshes, captions_override)
+    _write_index(cfg, meshes, captions_override, digests)
     summary.seconds = round(time.perf_counter() - start, 3)
     write_json_atomic(out / "render_summary.json", summary.to_json())
     return summary
@@ -393,13 +410,19 @@ def _load_captions(path: Path) -> dict[str, str]:
     return data
 
 
-def _write_index(cfg: RenderConfig, meshes: dict[str, Path], captions_override: dict[str, str]) -> None:
-    """Rebuild scene list, captions and manifest from the per-object records of every done object."""
+def _write_index(
+    cfg: RenderConfig, meshes: dict[str, Path], captions_override: dict[str, str], digests: dict[str, str]
+) -> None:
+    """Rebuild scene list, captions and manifest from the per-object records of every done object.
+
+    Only renders of the current source bytes and settings count: an object whose re-render failed this run
+    keeps its old folder on disk but must not be listed with stale files.
+    """
     out = cfg.out_dir
     ids, captions, manifest = [], {}, {}
     for object_id, src in meshes.items():
         obj_dir = object_dir(out, object_id)
-        if not (obj_dir / DONE_MARKER).exists():
+        if object_id not in digests or not is_done(obj_dir, digests[object_id], cfg.settings()):
             continue
         record = json.loads((obj_dir / OBJECT_RECORD).read_text())
         ids.append(object_id)

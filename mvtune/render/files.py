@@ -32,6 +32,11 @@ WEBP_LOSSLESS = {"lossless": True, "quality": 75, "method": 0}
 EXR_COMPRESSION = "ZIP_COMPRESSION"
 
 
+#: The process umask, read once at import (os.umask can only be read by setting it, which is not thread-safe).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
     """Call writer(tmp_path) on a temporary file next to path, then rename it to path."""
     path = Path(path)
@@ -39,6 +44,8 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         writer(tmp)
+        # mkstemp creates 0600 files; a dataset must be readable like any other file (e.g. by a training account).
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
