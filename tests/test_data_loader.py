@@ -264,3 +264,48 @@ def test_build_cache_fills_and_reports(synth, tmp_path):
     assert (report["cached"], report["failed"]) == (1, 1)
     assert "color_0000.webp is missing" in report["errors"][0]["reason"]
     assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 1
+
+
+def test_meta_top_level_scale_perspective_views_and_inf_background(synth, tmp_path):
+    """Spec §2.4: a top-level ortho_scale alone is enough; a PERSP view is never back-projected as ORTHO;
+    §2.2 d: an inf background (65535 stored as half) is background in both loaders, not NaN."""
+    from test_data_synth import write_depth_exr
+
+    shutil.copytree(synth, tmp_path / "ds")
+    obj = tmp_path / "ds" / "aa" / "aa_one"
+    meta = json.loads((obj / "meta.json").read_text())
+    for loc in meta["locations"]:
+        del loc["ortho_scale"]
+    meta["ortho_scale"] = 1.1
+    (obj / "meta.json").write_text(json.dumps(meta))
+    depth = OpenEXR_depth(obj / "depth_0000.exr")
+    write_depth_exr(obj / "depth_0000.exr", np.where(depth > 1000, np.inf, depth).astype(np.float32))
+    original = MultiviewDataset(synth, ["aa_one"], height=LOAD_RES, width=LOAD_RES)[0]
+    ds = MultiviewDataset(tmp_path / "ds", ["aa_one"], height=LOAD_RES, width=LOAD_RES)
+    sample = assert_equivalent(ds, 0, list(cameras.variant_views("tg2mv").ortho10_indices))
+    torch.testing.assert_close(sample["source_rgb"], original["source_rgb"], rtol=0, atol=0)
+    ref = reference_sample(obj, ["0000"], LOAD_RES, LOAD_RES)
+    assert np.isfinite(ref["source_rgb"]).all()
+
+    meta["locations"][0]["projection_type"] = "PERSP"
+    (obj / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=r"front \(azimuth 0, elevation 0\)"):
+        MultiviewDataset(tmp_path / "ds", ["aa_one"], height=LOAD_RES, width=LOAD_RES)[0]
+
+
+def OpenEXR_depth(path: Path) -> np.ndarray:
+    import OpenEXR
+
+    with OpenEXR.File(str(path), separate_channels=True) as f:
+        return np.asarray(f.channels()["R"].pixels, dtype=np.float32)
+
+
+def test_skip_counter_works_with_spawned_workers(synth, tmp_path):
+    shutil.copytree(synth, tmp_path / "ds")
+    (tmp_path / "ds" / "aa" / "aa_one" / "color_0000.webp").write_bytes(b"junk")
+    ds = MultiviewDataset(tmp_path / "ds", ["aa_one", "bb_two"], height=16, width=16, on_error="skip")
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=1, num_workers=1, collate_fn=collate_multiview, multiprocessing_context="spawn"
+    )
+    assert [batch["id"][0] for batch in loader] == ["bb_two", "bb_two"]
+    assert ds.skipped == 1

@@ -67,7 +67,12 @@ def select_views(meta: dict, variant: str, where: str) -> list[dict]:
     ``where`` names the object in the error, which lists the missing poses and the poses that are there.
     """
     spec = cameras.variant_views(variant)
-    locations = [loc for loc in meta.get("locations", []) if "transform_matrix" in loc and "index" in loc]
+    # Positions are back-projected orthographically, so a PERSP view at the right pose is not a match.
+    locations = [
+        loc
+        for loc in meta.get("locations", [])
+        if "transform_matrix" in loc and "index" in loc and loc.get("projection_type", "ORTHO") != "PERSP"
+    ]
     poses = [(loc, np.asarray(loc["transform_matrix"], dtype=np.float64)) for loc in locations]
     found, missing = [], []
     for name, pose in zip(spec.names, spec.poses):
@@ -158,7 +163,7 @@ def read_views(directory: Path, object_id: str, variant: str, height: int, width
     meta = _read(meta_path, "meta.json", lambda p: json.loads(p.read_text(encoding="utf-8")))
     try:
         locations = select_views(meta, variant, f"{object_id} ({meta_path})")
-        scale = float(meta.get("ortho_scale", meta["locations"][0]["ortho_scale"]))
+        scale = float(meta["ortho_scale"] if "ortho_scale" in meta else meta["locations"][0]["ortho_scale"])
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise DatasetError(f"{meta_path} does not follow the meta.json schema (spec §2.4): {exc}") from None
     indices = [str(loc["index"]) for loc in locations]
@@ -294,8 +299,9 @@ class MultiviewDataset(Dataset):
             allow_missing=allow_missing_captions,
             seed=seed,
         )
-        # Shared with DataLoader workers (fork or spawn), so the count in the main process is the total.
-        self._skipped = multiprocessing.get_context().Value("i", 0)
+        # Shared with DataLoader workers, so the count in the main process is the total. Created in the spawn
+        # context: a fork-context lock cannot be sent to spawn/forkserver workers, a spawn one works with all.
+        self._skipped = multiprocessing.get_context("spawn").Value("i", 0)
         self._bad: set[int] = set()
 
     def __len__(self) -> int:

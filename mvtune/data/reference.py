@@ -29,7 +29,7 @@ def load_meta(scene: Path) -> dict:
 
 def ortho_scale(meta: dict) -> float:
     """Top-level override, else the first location's value for all views (spec §2.4 fallbacks)."""
-    return float(meta.get("ortho_scale", meta["locations"][0]["ortho_scale"]))
+    return float(meta["ortho_scale"] if "ortho_scale" in meta else meta["locations"][0]["ortho_scale"])
 
 
 def load_rgb(path: Path, height: int, width: int, background: float) -> np.ndarray:
@@ -51,7 +51,8 @@ def load_depth(path: Path, height: int, width: int) -> tuple[np.ndarray, np.ndar
         raise OSError(f"OpenCV cannot read {path}")
     depth = cv2.resize(depth, (width, height), interpolation=cv2.INTER_NEAREST)[..., 0]
     mask = (depth <= DEPTH_BACKGROUND).astype(np.float32)
-    return (depth * mask).astype(np.float32), mask
+    # Set, not multiplied: an inf background (65535 stored as half) times 0 would be NaN (spec §2.2 d).
+    return np.where(mask > 0, depth, 0.0).astype(np.float32), mask
 
 
 def back_project(depth: np.ndarray, mask: np.ndarray, c2w_blender: np.ndarray, scale: float) -> np.ndarray:
