@@ -79,3 +79,13 @@ def test_bad_arguments_and_missing_manifest(tmp_path):
     (root / "manifest.json").unlink()
     with pytest.raises(SplitError, match="manifest.json is missing"):
         split_dataset(root)
+
+
+def test_many_small_concepts_still_fill_val_and_test(tmp_path):
+    """Per-concept rounding must not hand every small concept's remainder to the same split."""
+    records = {f"c{c}_{k}": {"concept": f"concept{c}"} for c in range(10) for k in range(5)}
+    report = split_dataset(write_index(tmp_path / "ds", records), val=0.1, test=0.1, seed=0)
+    assert report["objects"] == {"train": 40, "val": 5, "test": 5}
+    records = {f"c{c}_{k}": {"concept": f"concept{c}"} for c in range(20) for k in range(3)}
+    report = split_dataset(write_index(tmp_path / "ds2", records), val=0.1, test=0.1, seed=0)
+    assert report["objects"] == {"train": 48, "val": 6, "test": 6}

@@ -98,14 +98,17 @@ def split_dataset(
     rng = np.random.default_rng(seed)
     fractions = {"test": test, "val": val, "train": 1.0 - val - test}
     assigned: dict[str, list[str]] = {name: [] for name in SPLIT_FILES}
+    # Deficits carry over from stratum to stratum: per-stratum rounding alone would give every small stratum's
+    # remainder to the same split (many 5-object concepts at 10/10%: test 20%, val nothing).
+    counts = dict.fromkeys(fractions, 0)
     for concept in sorted(strata):
         group_list = sorted(strata[concept])
         rng.shuffle(group_list)
-        total = sum(len(members[g]) for g in group_list)
-        counts = dict.fromkeys(fractions, 0)
         for group in group_list:
-            # Give the group to the split furthest below its share of this stratum (ties: test, val, train).
-            name = max(fractions, key=lambda n: fractions[n] * total - counts[n])
+            # Give the group to the split furthest below its share so far, this group included (ties: test, val,
+            # train); within a stratum this spreads its groups in proportion.
+            seen = sum(counts.values()) + len(members[group])
+            name = max(fractions, key=lambda n: fractions[n] * seen - counts[n])
             counts[name] += len(members[group])
             assigned[name].extend(members[group])
 
