@@ -158,3 +158,46 @@ def test_cli_exit_codes_and_report(dataset, tmp_path):
     assert bad.returncode == 1
     assert "0004" in bad.stderr and "FAILED" in bad.stderr
     assert json.loads(report_path.read_text())["counts"]["error:view-layout"] >= 2
+
+
+def to_camera_space(obj):
+    meta = json.loads((obj / "meta.json").read_text())
+    for loc in meta["locations"]:
+        path = obj / f"normal_{loc['index']}.webp"
+        rgba = np.asarray(Image.open(path)).copy()
+        n = rgba[..., :3].astype(np.float64) / 255 * 2 - 1
+        cam = n @ np.asarray(loc["transform_matrix"])[:3, :3]
+        rgba[..., :3] = np.where(rgba[..., 3:] > 0, np.floor(255 * (0.5 * cam + 0.5)).clip(0, 255), 0)
+        Image.fromarray(rgba.astype(np.uint8), "RGBA").save(path, lossless=True)
+
+
+def test_open_single_sided_meshes_are_not_called_camera_space(tmp_path):
+    # A vertical card (front face only) and a ground plane (up face only): world-space normals whose back
+    # faces show in half the views, as in Blender's renders. Neither may fail validation.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "card.obj").write_text("v -0.5 -0.5 0\nv 0.5 -0.5 0\nv 0.5 0.5 0\nv -0.5 0.5 0\nf 1 2 3\nf 1 3 4\n")
+    (src / "ground.obj").write_text("v -0.5 0 -0.5\nv 0.5 0 -0.5\nv 0.5 0 0.5\nv -0.5 0 0.5\nf 1 3 2\nf 1 4 3\n")
+    out = tmp_path / "ds"
+    assert render_dataset(RenderConfig(input=src, out_dir=out, resolution=32)).failed == 0
+    (out / "captions.json").write_text(json.dumps({"card": "a card", "ground": "a ground plane"}))
+    report = validate_dataset(out, "tg2mv")
+    assert report.ok, [f.message for f in report.errors]
+    # the card's normals converted to camera space are still caught
+    to_camera_space(out / "ca" / "card")
+    report = validate_dataset(out, "tg2mv")
+    assert [(f.code, f.object_id) for f in report.errors] == [("camera-space-normals", "card")]
+
+
+def test_rgba_depth_exr_is_read_like_opencv(dataset):
+    # Blender may write depth as R, G, B, A (spec §8: 3 or 4 channels); OpenCV's channel 0 is B, not A.
+    import OpenEXR
+
+    for obj in objects(dataset):
+        for path in obj.glob("depth_*.exr"):
+            with OpenEXR.File(str(path), separate_channels=True) as f:
+                z = f.channels()["R"].pixels.copy()
+            channels = {"R": z, "G": z, "B": z, "A": np.ones_like(z)}
+            OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION}, channels).write(str(path))
+    report = validate_dataset(dataset, "tg2mv")
+    assert report.ok, [f.message for f in report.errors]

@@ -25,6 +25,9 @@ DEPTH_BACKGROUND = 1000.0
 #: Mean cosine between world normals and the direction to the camera, over object pixels, below which
 #: normals are not world-space; camera-space normals score about 0 here and about 1 in camera space.
 NORMAL_FACING_MIN = 0.2
+#: How much better |facing| must be in camera space than in world space to call normals camera-space
+#: (about 0.67 vs 0.5 for camera-space normals of a closed object; equal for a flat card or ground plane).
+NORMAL_FRAME_MARGIN = 0.08
 
 
 @dataclass
@@ -155,16 +158,17 @@ def _roll_problem(c2w: np.ndarray, pose: tuple[float, float]) -> str | None:
     return None
 
 
-def normal_frame_scores(normal_rgba: np.ndarray, c2w: np.ndarray) -> tuple[float, float]:
-    """Mean facing cosine of the decoded normals read as world-space and read as camera-space."""
+def normal_frame_scores(normal_rgba: np.ndarray, c2w: np.ndarray) -> tuple[float, float, float, float]:
+    """Facing cosine of the decoded normals read as world-space and as camera-space: means of the cosine and of
+    its absolute value (back faces of open or single-sided meshes face away but still lie along the view axis)."""
     mask = normal_rgba[..., 3] > 0
     if not mask.any():
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan"), float("nan")
     n = normal_rgba[..., :3][mask].astype(np.float32) / 255.0 * 2.0 - 1.0
     to_camera = np.asarray(c2w, dtype=np.float64)[:3, 2]  # Blender camera +Z points back at the viewer
-    world = float(np.mean(n @ to_camera))
-    camera = float(np.mean(n[:, 2]))
-    return world, camera
+    world = n @ to_camera
+    camera = n[:, 2]
+    return float(np.mean(world)), float(np.mean(camera)), float(np.mean(np.abs(world))), float(np.mean(np.abs(camera)))
 
 
 def _exr_channels(path: Path) -> tuple[list[str], np.ndarray]:
@@ -173,7 +177,9 @@ def _exr_channels(path: Path) -> tuple[list[str], np.ndarray]:
     with OpenEXR.File(str(path), separate_channels=True) as f:
         channels = f.channels()
         names = sorted(channels)
-        first = channels[names[0]].pixels.copy()
+        # The channel the reference loader reads: OpenCV orders colour EXRs B, G, R(, A), so index 0 is B
+        # (not the alphabetically first name, which is A in an RGBA file).
+        first = channels["B" if "B" in channels else names[0]].pixels.copy()
     return names, first
 
 
@@ -332,14 +338,16 @@ def _check_object(directory, object_id, variant, names, check_pixels, report, Im
 
 
 def _check_normal_frame(scores, object_id, report) -> None:
-    valid = [(i, w, c) for i, w, c in scores if np.isfinite(w)]
+    valid = [s for s in scores if np.isfinite(s[1])]
     if not valid:
         return
-    world = float(np.mean([w for _, w, _ in valid]))
-    camera = float(np.mean([c for _, _, c in valid]))
+    world, camera, world_abs, camera_abs = (float(np.mean([s[k] for s in valid])) for k in range(1, 5))
     if world >= NORMAL_FACING_MIN:
         return
-    if camera > world:
+    # Signed scores alone cannot tell camera-space normals from back faces (a single-sided card seen from
+    # behind, a ground plane seen from below): only call it camera-space when the normals line up with the
+    # view axis clearly better in camera space than in world space.
+    if camera_abs > world_abs + NORMAL_FRAME_MARGIN:
         report.add(
             "error", "camera-space-normals",
             f"{object_id}: normal maps look camera-space (facing score {camera:.2f} in camera space vs "
@@ -349,7 +357,8 @@ def _check_normal_frame(scores, object_id, report) -> None:
         )
     else:
         report.add(
-            "error", "normals",
-            f"{object_id}: normals do not face the cameras (world-space facing score {world:.2f})",
+            "warning", "normals",
+            f"{object_id}: normals mostly face away from the cameras (world-space facing score {world:.2f}): "
+            "an open or single-sided mesh seen from behind, or inverted normals",
             object_id,
         )
