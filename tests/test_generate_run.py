@@ -92,6 +92,19 @@ def test_batch_continues_past_failures_and_resumes(tmp_path, pipeline, tiny_base
     again = generate_batch(cfg, pipeline)  # resumes: only the failed row is retried
     assert (again["generated"], again["failed"], again["skipped"]) == (0, 1, 2)
 
+    # a mesh rewritten in place (same path, same settings) is not "done": its views are stale
+    import shutil
+
+    moved = tmp_path / "moved.glb"
+    shutil.copy(sample_meshes_dir / "duck_yellow.glb", moved)
+    moved_items = tmp_path / "moved.jsonl"
+    moved_items.write_text(json.dumps({"mesh": str(moved), "prompt": "a duck", "id": "moved"}) + "\n")
+    moved_cfg = cfg.model_copy(update={"items": moved_items})
+    assert generate_batch(moved_cfg, pipeline)["generated"] == 1
+    shutil.copy(sample_meshes_dir / "duck_blue.glb", moved)
+    rerun = generate_batch(moved_cfg, pipeline)
+    assert (rerun["generated"], rerun["skipped"]) == (1, 0)
+
     csv_items = tmp_path / "items.csv"
     csv_items.write_text(f"mesh,prompt\n{sample_meshes_dir / 'duck_yellow.glb'},a duck\n")
     assert generate_batch(cfg.model_copy(update={"items": csv_items}), pipeline)["generated"] == 1

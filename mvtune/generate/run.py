@@ -370,10 +370,12 @@ def item_id(item: dict) -> str:
     return f"{stem}_{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
-def _is_done(out: Path, settings: dict) -> bool:
+def _is_done(out: Path, settings: dict, mesh: Path) -> bool:
+    """Same settings and the same mesh bytes: a mesh rewritten in place must be generated again."""
     try:
-        return json.loads((out / RECORD).read_text(encoding="utf-8"))["settings"] == settings
-    except (OSError, ValueError, KeyError):
+        record = json.loads((out / RECORD).read_text(encoding="utf-8"))
+        return record["settings"] == settings and record["mesh"]["sha256"] == sha256_file(Path(mesh))
+    except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
@@ -406,7 +408,7 @@ def generate_batch(cfg: BatchConfig, pipeline=None) -> dict:
     todo = [
         (item, object_id, run)
         for item, object_id, run in zip(items, ids, runs)
-        if not _is_done(run.out_dir, _settings(run))
+        if not _is_done(run.out_dir, _settings(run), run.mesh)
     ]
     summary = {"total": len(items), "generated": 0, "skipped": len(items) - len(todo), "failed": 0, "errors": []}
     if todo and pipeline is None:
