@@ -55,12 +55,15 @@ def _fail(message: str, code: int = 2) -> None:
 @app.command()
 def samples(
     out_dir: Path = typer.Argument(..., help="Folder for the built-in sample meshes (GLB + caption/provenance sidecars)."),
-    count: Optional[int] = typer.Option(None, help="Write only the first N samples."),
+    count: Optional[int] = typer.Option(None, min=1, help="Write only the first N samples."),
 ) -> None:
     """Write the built-in procedural sample meshes (stylised ducks in several themes)."""
     from mvtune.meshes import write_sample_meshes
 
-    paths = write_sample_meshes(out_dir, count=count)
+    try:
+        paths = write_sample_meshes(out_dir, count=count)
+    except OSError as exc:
+        _fail(f"cannot write to output folder {out_dir}: {exc}")
     console.print(f"wrote {len(paths)} sample meshes to {out_dir}")
 
 
@@ -132,6 +135,9 @@ def dataset_validate(
     if variant not in VARIANTS:
         _fail(f"--variant must be one of {sorted(VARIANTS)}, got {variant!r}")
     image_names = [v.strip() for v in views.split(",")] if views else None
+    if image_names is not None and (len(image_names) != len(VARIANTS[variant].poses) or not all(image_names)):
+        _fail(f"--views must name {len(VARIANTS[variant].poses)} views for {variant} "
+              f"({', '.join(VARIANTS[variant].names)}), got {views!r}")
     with _progress() as progress:
         task = progress.add_task("validate", total=None, item="")
         result = validate_dataset(
@@ -173,11 +179,15 @@ def dataset_cache(
     root: Path = typer.Argument(..., help="Dataset root."),
     cache_dir: Path = typer.Argument(..., help="Where to store the preprocessed tensors."),
     variant: str = typer.Option("tg2mv", help="Model variant (decides which views are cached)."),
-    resolution: int = typer.Option(768, help="Training resolution."),
+    resolution: int = typer.Option(768, min=16, help="Training resolution."),
     scene_list: Optional[Path] = typer.Option(None, help="Scene list (default ROOT/scene_list.json)."),
 ) -> None:
     """Precompute the loader's tensors at training resolution (rebuilt when files or resolution change)."""
+    from mvtune.cameras import VARIANTS
     from mvtune.data.cache import build_cache
+
+    if variant not in VARIANTS:
+        _fail(f"--variant must be one of {sorted(VARIANTS)}, got {variant!r}")
 
     with _progress() as progress:
         task = progress.add_task("cache", total=None, item="")
@@ -197,9 +207,9 @@ def augment(
     input: Path = typer.Argument(..., help="A mesh file, a folder of meshes, or a .txt list of mesh paths."),
     out_dir: Path = typer.Argument(..., help="Folder for the colour-jittered copies (GLB + sidecars)."),
     copies: int = typer.Option(1, help="Copies per source mesh."),
-    hue: float = typer.Option(0.1, help="Max hue shift in turns (0.1 = 36 degrees)."),
-    saturation: float = typer.Option(0.3, help="Saturation factor range 1 +- x."),
-    brightness: float = typer.Option(0.2, help="Brightness factor range 1 +- x."),
+    hue: float = typer.Option(0.1, min=0.0, max=0.5, help="Max hue shift in turns (0.1 = 36 degrees)."),
+    saturation: float = typer.Option(0.3, min=0.0, max=1.0, help="Saturation factor range 1 +- x."),
+    brightness: float = typer.Option(0.2, min=0.0, max=1.0, help="Brightness factor range 1 +- x."),
     seed: int = typer.Option(0, help="Seed of the jitter."),
 ) -> None:
     """Texture-space colour jitter: new meshes whose provenance points to their source (render them next)."""

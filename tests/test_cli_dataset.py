@@ -48,3 +48,24 @@ def test_augment_render_split_validate_and_leakage(tmp_path):
     bad = mvtune("dataset", "validate", data, expect=1)
     assert "split-leakage" in json.loads((data / "validation_report.json").read_text())["counts"].__repr__()
     assert copy in bad.stderr or manifest[copy]["parent"] in bad.stderr
+
+
+def test_bad_option_values_exit_2_naming_the_option(tmp_path):
+    meshes = tmp_path / "meshes"
+    cases = [
+        (("samples", meshes, "--count", "-3"), "--count"),
+        (("dataset", "validate", tmp_path, "--views", "0000,0001"), "--views"),
+        (("dataset", "cache", tmp_path, tmp_path / "c", "--resolution", "0"), "--resolution"),
+        (("dataset", "cache", tmp_path, tmp_path / "c", "--variant", "foo"), "--variant"),
+        (("augment", tmp_path, tmp_path / "a", "--hue", "-1"), "--hue"),
+        (("augment", tmp_path, tmp_path / "a", "--saturation", "2"), "--saturation"),
+    ]
+    for args, option in cases:
+        result = mvtune(*args, expect=2)
+        assert option in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not meshes.exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = mvtune("samples", blocker / "sub", expect=2)
+    assert "cannot write" in result.stderr
