@@ -194,3 +194,24 @@ def test_bad_lighting_and_option_names_are_refused_up_front(meshes_dir, tmp_path
     assert not (tmp_path / "o").exists()
     result = subprocess.run([*cmd, "--max-texture-pixels", "0"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and "--max-texture-pixels" in result.stderr
+
+
+def test_editing_a_referenced_texture_or_material_rerenders(tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "card.obj").write_text(
+        "mtllib materials.mtl\nv -0.5 -0.5 0\nv 0.5 -0.5 0\nv 0.5 0.5 0\nv -0.5 0.5 0\n"
+        "vt 0 0\nvt 1 0\nvt 1 1\nvt 0 1\nusemtl m\nf 1/1 2/2 3/3\nf 1/1 3/3 4/4\n"
+    )
+    (src / "materials.mtl").write_text("newmtl m\nmap_Kd tex.png\n")
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(src / "tex.png")
+    out = tmp_path / "ds"
+    cfg = RenderConfig(input=src / "card.obj", out_dir=out, resolution=32, lighting="albedo")
+    assert render_dataset(cfg).rendered == 1
+    assert render_dataset(cfg).skipped == 1
+    Image.new("RGB", (4, 4), (0, 0, 255)).save(src / "tex.png")
+    assert render_dataset(cfg).rendered == 1
+    color = np.asarray(Image.open(out / "ca" / "card" / "color_0000.webp"))
+    assert color[16, 16, 2] > 200 and color[16, 16, 0] < 50

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -163,11 +164,33 @@ def sha256_file(path: Path) -> str:
 
 
 def source_files(path: Path) -> list[Path]:
-    """The mesh file plus the files it references that we hash (OBJ's MTL); textures change the GLB bytes anyway."""
+    """The mesh file plus the files it references (OBJ: MTL and its maps; .gltf: buffers and images), so that
+    editing a texture re-renders the object; a GLB embeds them in its own bytes."""
     files = [path]
-    mtl = path.with_name(path.name + ".mtl")
-    if path.suffix.lower() == ".obj":
-        files += [p for p in (mtl, path.with_suffix(".mtl")) if p.exists()]
+    suffix = path.suffix.lower()
+    referenced: list[Path] = []
+    try:
+        if suffix == ".obj":
+            referenced += [path.with_name(path.name + ".mtl"), path.with_suffix(".mtl")]
+            for line in path.read_text(errors="replace").splitlines():
+                if line.strip().startswith("mtllib"):
+                    referenced.append(path.parent / line.strip()[6:].strip())
+            for mtl in [p for p in referenced if p.is_file()]:
+                for line in mtl.read_text(errors="replace").splitlines():
+                    key, _, name = line.strip().partition(" ")
+                    if key.lower().startswith("map_") and name.strip():
+                        referenced.append(mtl.parent / name.strip())
+        elif suffix == ".gltf":
+            header = json.loads(path.read_text(encoding="utf-8"))
+            for item in header.get("buffers", []) + header.get("images", []):
+                uri = item.get("uri") if isinstance(item, dict) else None
+                if isinstance(uri, str) and uri and not uri.startswith("data:"):
+                    referenced.append(path.parent / unquote(uri))
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass  # the loader reports unreadable files with a better message
+    for p in referenced:
+        if p.is_file() and p not in files:
+            files.append(p)
     return files
 
 
