@@ -260,6 +260,25 @@ def test_ema_checkpoint_and_export(ducks, tmp_path):
     assert any(s.shape == raw.shape and torch.equal(s, exported[key]) for s in shadow)
 
 
+def test_ema_includes_the_last_optimizer_step(ducks, tmp_path):
+    # decay ~0: the EMA is the weights after its last update, which must be the final optimizer step's.
+    cfg = tiny_config(ducks, tmp_path, ema={"enabled": True, "decay": 1e-9}, trainer={"max_steps": 3},
+                      checkpoint={"every_n_steps": 3})
+    run = train(cfg)
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    names = [n for n in state["state_dict"]]
+    for name, shadow in zip(names, state["ema"]["shadow_params"]):
+        torch.testing.assert_close(shadow, state["state_dict"][name], rtol=0, atol=1e-6)
+
+
+def test_frozen_encoders_in_half_precision_feed_an_fp32_unet(ducks, tmp_path):
+    # fp16/bf16 text encoders + VAE with fp32 UNet weights and no autocast (precision 32-true).
+    cfg = tiny_config(ducks, tmp_path, model={"frozen_dtype": "bf16"}, trainer={"max_steps": 1},
+                      checkpoint={"every_n_steps": 1})
+    run = train(cfg)
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
 def test_cached_latents_and_checkpointing_give_the_same_loss(ducks, tmp_path):
     from mvtune.train.latents import LatentCache
 

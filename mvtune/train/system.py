@@ -257,13 +257,15 @@ class MVAdapterSystem(L.LightningModule):
         else:
             target = noise
 
+        # The frozen encoders may run in another dtype (fp16 on CUDA) than the UNet (e.g. fp32 under 32-true).
+        unet_dtype = self.unet.dtype
         embeds, pooled = self.encode_text(prompts)
-        embeds = embeds.repeat_interleave(num_views, 0)
-        pooled = pooled.repeat_interleave(num_views, 0)
-        time_ids = batch["time_ids"].to(device).repeat_interleave(num_views, 0)
+        embeds = embeds.to(unet_dtype).repeat_interleave(num_views, 0)
+        pooled = pooled.to(unet_dtype).repeat_interleave(num_views, 0)
+        time_ids = batch["time_ids"].to(device, unet_dtype).repeat_interleave(num_views, 0)
         features = self.cond_encoder(batch["source_rgb"])
         prediction = self.unet(
-            noisy,
+            noisy.to(unet_dtype),
             timesteps,
             encoder_hidden_states=embeds,
             added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
@@ -319,8 +321,10 @@ class MVAdapterSystem(L.LightningModule):
         for group in self.trainer.optimizers[0].param_groups:
             self.log(f"lr/{group['name']}", group["lr"], batch_size=len(batch["id"]))
 
-    def on_before_zero_grad(self, optimizer) -> None:
-        if self.ema is not None and self.trainer.training:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # After the update (Lightning zeroes gradients before the next backward, i.e. before this step's update).
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
             self.ema.step(self._trainable())
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
