@@ -125,3 +125,24 @@ def test_colour_jitter_copies_keep_geometry_group_and_split(tmp_path):
         assert (a["rgb"] - b["rgb"]).abs().max() > 0.1  # colours changed
     split_dataset(tmp_path / "ds", val=0.25, test=0.25, seed=0)
     assert check_leakage(tmp_path / "ds") == []
+
+
+def test_a_copy_torn_while_writing_leaves_no_glb(tmp_path, monkeypatch):
+    """`mvtune render` treats every .glb as a mesh: a half-written copy must never appear under its name."""
+    from pathlib import Path
+
+    from mvtune.meshes import write_sample_meshes
+
+    write_sample_meshes(tmp_path / "meshes", count=1)
+    real_write_bytes = Path.write_bytes
+
+    def torn(self, data):
+        if self.name.startswith(".") or self.suffix == ".glb":
+            real_write_bytes(self, data[: len(data) // 2])
+            raise OSError("disk full")
+        return real_write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", torn)
+    report = augment_meshes(tmp_path / "meshes", tmp_path / "aug", copies=1)
+    assert len(report["failed"]) == 1 and "disk full" in report["failed"][0]["reason"]
+    assert list((tmp_path / "aug").glob("*.glb")) == [] and list((tmp_path / "aug").glob(".*")) == []

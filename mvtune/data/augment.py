@@ -280,6 +280,7 @@ def augment_meshes(
     import trimesh
 
     from mvtune.render.dataset import assign_ids, discover_meshes, read_sidecars, source_hash
+    from mvtune.render.files import atomic_write
 
     if copies < 1:
         raise AugmentError(f"copies must be >= 1, got {copies}")
@@ -308,7 +309,9 @@ def augment_meshes(
             try:
                 scene = trimesh.load(str(src), force="scene", process=False)
                 changed = jitter_scene(scene, params)
-                (out / f"{object_id}.glb").write_bytes(scene.export(file_type="glb"))
+                glb = scene.export(file_type="glb")
+                # Atomic: a torn .glb left by a crash would be picked up by `mvtune render` as a mesh.
+                atomic_write(out / f"{object_id}.glb", lambda tmp: Path(tmp).write_bytes(glb))
             except Exception as exc:  # one unreadable mesh must not stop the batch
                 report["failed"].append({"source": str(src), "reason": f"{type(exc).__name__}: {exc}"})
                 log.error("augment %s: %s", src, exc)
