@@ -140,6 +140,37 @@ def test_resume_after_a_kill_gives_the_same_next_losses(ducks, tmp_path):
     assert find_resume_checkpoint(run) == good
 
 
+def test_ddp_ranks_get_disjoint_shards_and_resume_skips_their_own_part(ducks, tmp_path):
+    from types import SimpleNamespace
+
+    from mvtune.train.data import ResumableEpochSampler
+    from mvtune.train.run import build_trainer
+
+    size, world = 7, 2
+    shards = []
+    for rank in range(world):
+        sampler = ResumableEpochSampler(size, seed=3, num_replicas=world, rank=rank)
+        sampler.set_epoch(1)
+        shards.append(list(sampler))
+        assert len(shards[-1]) == len(sampler) == 4
+    assert set(shards[0]) | set(shards[1]) == set(range(size, 2 * size))  # epoch 1 indices, all covered
+    assert len(set(shards[0]) & set(shards[1])) == 1  # one padding duplicate
+    for rank in range(world):  # a resumed rank that had done 2 batches of 1 continues with its own 3rd index
+        sampler = ResumableEpochSampler(size, seed=3, num_replicas=world, rank=rank)
+        sampler.set_epoch(1)
+        sampler.skip = (1, 2)
+        assert list(sampler) == shards[rank][2:]
+
+    cfg = tiny_config(ducks, tmp_path)
+    dm = TrainDataModule(cfg)
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=1)
+    assert (dm.train_dataloader().sampler.num_replicas, dm.train_dataloader().sampler.rank) == (2, 1)
+    assert len(dm.val_dataloader().sampler) == math.ceil(len(dm.val_set) / 2)
+    # Lightning must not wrap the sampler again (its wrapper breaks on a resumed, shortened epoch).
+    trainer, _ = build_trainer(cfg, tmp_path / "run")
+    assert trainer._accelerator_connector.use_distributed_sampler is False
+
+
 def trainable(system: MVAdapterSystem) -> list[str]:
     return [n for n, p in system.named_parameters() if p.requires_grad]
 

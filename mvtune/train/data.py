@@ -8,10 +8,11 @@ epoch were consumed, so a resumed run continues with exactly the next batch.
 from __future__ import annotations
 
 import logging
+import math
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mvtune.data.loader import EpochSampler, MultiviewDataset, collate_multiview
 from mvtune.train.config import TrainConfig, prior_list, split_lists
@@ -44,14 +45,27 @@ class PriorMixDataset(Dataset):
 
 
 class ResumableEpochSampler(EpochSampler):
-    """EpochSampler that can skip the first `n` indices of one epoch (the part a resumed run already saw)."""
+    """EpochSampler that shards each epoch's order across DDP ranks (padded like DistributedSampler) and can skip
+    the first `n` indices of this rank's share of one epoch (the part a resumed run already saw).
 
-    def __init__(self, size: int, shuffle: bool = True, seed: int = 0):
+    It shards itself (the trainer runs with use_distributed_sampler=False): Lightning's DistributedSamplerWrapper
+    would index the full-length epoch into the shortened list of a resumed epoch and fail.
+    """
+
+    def __init__(self, size: int, shuffle: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0):
         super().__init__(size, shuffle, seed)
-        self.skip: tuple[int, int] | None = None  # (epoch, indices)
+        self.num_replicas, self.rank = num_replicas, rank
+        self.skip: tuple[int, int] | None = None  # (epoch, indices of this rank)
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.num_replicas)
 
     def __iter__(self):
         indices = list(super().__iter__())
+        if self.num_replicas > 1:
+            total = len(self) * self.num_replicas
+            indices = (indices * math.ceil(total / len(indices)))[:total]
+            indices = indices[self.rank :: self.num_replicas]
         if self.skip is not None and self.skip[0] == self.epoch:
             indices = indices[self.skip[1] :]
             self.skip = None
@@ -91,17 +105,24 @@ class TrainDataModule(L.LightningDataModule):
                 self.mixed.n_reg, self.mixed.n_main, cfg.prior.ratio, cfg.prior.weight,
             )
 
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def train_dataloader(self) -> DataLoader:
         workers = self.cfg.data.num_workers
+        self.sampler.num_replicas, self.sampler.rank = self._rank()
         return DataLoader(
             self.mixed, batch_size=self.cfg.data.batch_size, sampler=self.sampler, num_workers=workers,
             collate_fn=collate_train, persistent_workers=workers > 0, drop_last=True,
         )
 
     def val_dataloader(self) -> DataLoader:
+        world, rank = self._rank()
+        sampler = DistributedSampler(self.val_set, world, rank, shuffle=False) if world > 1 else None
         return DataLoader(
             self.val_set, batch_size=self.cfg.data.batch_size, num_workers=min(self.cfg.data.num_workers, 2),
-            collate_fn=collate_train,
+            collate_fn=collate_train, sampler=sampler,
         )
 
     def state_dict(self) -> dict:

@@ -251,6 +251,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, extra_callbacks: list | None 
         ],
         callbacks=callbacks,
         plugins=plugins,
+        use_distributed_sampler=False,  # TrainDataModule shards per rank itself (exact mid-epoch resume)
         enable_model_summary=False,
     )
     return trainer, preempt
