@@ -338,6 +338,21 @@ def test_cached_latents_and_checkpointing_give_the_same_loss(ducks, tmp_path):
     assert all(p.grad is not None for n, p in checkpointed.named_parameters() if p.requires_grad and "to_q_mv" in n)
 
 
+def test_auto_frozen_dtype_keeps_an_upcast_vae_in_fp32_on_cuda():
+    from diffusers import AutoencoderKL
+
+    from mvtune.models.tiny import TINY_VAE_CONFIG
+    from mvtune.train.system import frozen_vae_dtype
+
+    cuda = torch.device("cuda")  # only the device type is read
+    sdxl_vae = AutoencoderKL(**TINY_VAE_CONFIG, force_upcast=True)  # the original SDXL VAE: NaN in fp16
+    fixed_vae = AutoencoderKL(**TINY_VAE_CONFIG, force_upcast=False)  # sdxl-vae-fp16-fix
+    assert frozen_vae_dtype("auto", cuda, sdxl_vae) == torch.float32
+    assert frozen_vae_dtype("auto", cuda, fixed_vae) == torch.float16
+    assert frozen_vae_dtype("fp16", cuda, sdxl_vae) == torch.float16  # an explicit choice is kept
+    assert frozen_vae_dtype("auto", CPU, fixed_vae) == torch.float32
+
+
 def test_warmup_schedule_matches_linear_then_constant():
     from mvtune.train.system import warmup_factor
 

@@ -77,6 +77,15 @@ def frozen_dtype(setting: str, device: torch.device) -> torch.dtype:
     return _DTYPES[setting]
 
 
+def frozen_vae_dtype(setting: str, device: torch.device, vae) -> torch.dtype:
+    """As frozen_dtype, except that "auto" keeps a VAE that declares force_upcast (the original SDXL VAE, which
+    overflows to NaN in fp16) in fp32; madebyollin/sdxl-vae-fp16-fix declares force_upcast false."""
+    dtype = frozen_dtype(setting, device)
+    if setting == "auto" and dtype == torch.float16 and vae.config.get("force_upcast", False):
+        return torch.float32
+    return dtype
+
+
 def warmup_factor(step: int, warmup_steps: int, start_factor: float) -> float:
     """LinearLR(start_factor -> 1 over warmup_steps) followed by a constant rate, as one LambdaLR factor."""
     if warmup_steps <= 0 or step >= warmup_steps:
@@ -173,13 +182,17 @@ class MVAdapterSystem(L.LightningModule):
 
     def on_fit_start(self) -> None:
         dtype = frozen_dtype(self.cfg.model.frozen_dtype, self.device)
-        for module in self.frozen.values():
-            module.to(self.device, dtype).eval()
+        vae_dtype = frozen_vae_dtype(self.cfg.model.frozen_dtype, self.device, self.frozen["vae"])
+        if vae_dtype != dtype:
+            log.warning("the VAE sets force_upcast (fp16 overflows): encoding in fp32; set model.vae to an fp16-fix "
+                        "VAE (e.g. madebyollin/sdxl-vae-fp16-fix) to encode in fp16")
+        for name, module in self.frozen.items():
+            module.to(self.device, vae_dtype if name == "vae" else dtype).eval()
         self._text_cache.clear()
         if self.ema is not None:
             self.ema.to(self.device)
         if self.cfg.data.cache_latents:
-            self._build_latent_caches(dtype)
+            self._build_latent_caches(vae_dtype)
 
     def _build_latent_caches(self, dtype: torch.dtype) -> None:
         from mvtune.train.latents import LatentCache
