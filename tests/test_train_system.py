@@ -338,6 +338,22 @@ def test_cached_latents_and_checkpointing_give_the_same_loss(ducks, tmp_path):
     assert all(p.grad is not None for n, p in checkpointed.named_parameters() if p.requires_grad and "to_q_mv" in n)
 
 
+def test_trained_modules_are_in_train_mode_so_lora_dropout_applies(ducks, tmp_path, fresh_adapter):
+    class Modes(Callback):
+        seen = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            dropouts = [m for n, m in pl_module.unet.named_modules() if "lora_dropout" in n and isinstance(m, torch.nn.Dropout)]
+            assert dropouts
+            self.seen.append(pl_module.unet.training and pl_module.cond_encoder.training and all(m.training for m in dropouts))
+
+    cfg = tiny_config(ducks, tmp_path, strategy="adapter+lora", lora={"dropout": 0.5}, trainer={"max_steps": 2},
+                      validation={"every_n_steps": 1, "num_batches": 1}, checkpoint={"every_n_steps": 2})
+    modes = Modes()
+    train(cfg, extra_callbacks=[modes])
+    assert modes.seen == [True, True]  # also after the validation in between
+
+
 def test_auto_frozen_dtype_keeps_an_upcast_vae_in_fp32_on_cuda():
     from diffusers import AutoencoderKL
 

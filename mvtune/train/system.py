@@ -188,6 +188,9 @@ class MVAdapterSystem(L.LightningModule):
                         "VAE (e.g. madebyollin/sdxl-vae-fp16-fix) to encode in fp16")
         for name, module in self.frozen.items():
             module.to(self.device, vae_dtype if name == "vae" else dtype).eval()
+        # Loaded bases come in eval mode and Lightning keeps module modes: without this, lora.dropout is inert.
+        self.unet.train()
+        self.cond_encoder.train()
         self._text_cache.clear()
         if self.ema is not None:
             self.ema.to(self.device)
