@@ -275,6 +275,17 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(du
     assert json.loads((run / "summary.json").read_text())["status"].startswith("failed: NonFiniteLossError")
 
 
+def test_a_nan_loss_on_another_rank_stops_this_rank_too(ducks, tmp_path):
+    class OtherRankNaN(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 2:  # the all-ranks decision says "some rank is not finite"
+                trainer.strategy.reduce_boolean_decision = lambda decision, all=True: True
+
+    cfg = tiny_config(ducks, tmp_path, trainer={"max_steps": 5}, checkpoint={"every_n_steps": 5})
+    with pytest.raises(NonFiniteLossError, match="at step 2 .on another rank"):
+        train(cfg, extra_callbacks=[OtherRankNaN()])
+
+
 def test_ema_checkpoint_and_export(ducks, tmp_path):
     from safetensors.torch import load_file
 

@@ -310,9 +310,12 @@ class MVAdapterSystem(L.LightningModule):
             batch_idx % self.cfg.trainer.accumulate_grad_batches,
         )
         loss, per_object = self.diffusion_loss(batch, generator)
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        # Decided across ranks: a rank stopping alone would leave the others waiting in the gradient all-reduce.
+        if self.trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            where = f"objects {batch['id']}" if not finite else "on another rank"
             raise NonFiniteLossError(
-                f"training loss is {loss.item()} at step {self.global_step} (objects {batch['id']}); stopping. "
+                f"training loss is {loss.item() if not finite else 'nan'} at step {self.global_step} ({where}); stopping. "
                 "The newest checkpoint in the run folder is the last good state: lower optim.lr, check these "
                 "objects, or try trainer.precision=32-true"
             )
