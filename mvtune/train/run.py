@@ -121,7 +121,7 @@ def _log_to_file(run_dir: Path) -> logging.Handler:
 
 
 def _write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # DDP ranks may share the run folder
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
