@@ -395,7 +395,8 @@ def texture(
         _fail(_validation_message(exc))
     except TextureError as exc:
         _fail(str(exc), code=1)
-    console.print(f"textured mesh: {out} ({json.dumps(record.get('coverage', {}))})")
+    seen = record["bake"]["texel_coverage"]
+    console.print(f"textured mesh: {out} ({seen:.1%} of texels seen by a view, the rest filled; record beside it)")
 
 
 @app.command()
