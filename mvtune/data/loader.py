@@ -283,7 +283,10 @@ class MultiviewDataset(Dataset):
         else:
             self.entries = list(scene_list)
         if not self.entries:
-            raise DatasetError(f"scene list {scene_list if isinstance(scene_list, (str, Path)) else '(list)'} is empty")
+            raise DatasetError(
+                f"scene list {scene_list if isinstance(scene_list, (str, Path)) else '(list)'} is empty; for a split "
+                "file, re-split with larger fractions (`mvtune dataset split DIR --val F --test F`) or add objects"
+            )
         self.ids = [scene_id(e) for e in self.entries]
         self.variant = variant
         self.height, self.width = height, width
