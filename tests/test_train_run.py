@@ -95,3 +95,24 @@ def test_demo_trains_and_samples_a_held_out_object(ducks, tmp_path):
     info = json.loads((grid.parent / "sample.json").read_text())
     assert info["object_id"] == json.loads((ducks / "split_test.json").read_text())[0]
     assert len(list(grid.parent.glob("view_*.png"))) == 6
+
+
+def test_ddp_ranks_share_the_launching_process_run_folder(monkeypatch, tmp_path):
+    """Lightning starts ranks 1.. as new processes with the parent's environment: they must find its folder."""
+    from mvtune.train.config import load_config
+    from mvtune.train.run import RUN_NAME_ENV, global_rank, run_name
+
+    cfg = load_config(None, base={"data": {"root": str(tmp_path)}, "output": {"dir": str(tmp_path)}})
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.setenv(RUN_NAME_ENV, "train-20261126-000000")
+    assert run_name(cfg, "train") == "train-20261126-000000"
+    monkeypatch.delenv(RUN_NAME_ENV)
+    assert run_name(cfg, "train").startswith("train-")
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert global_rank() == 0
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert global_rank() == 1
+    monkeypatch.setenv("RANK", "3")
+    assert global_rank() == 3

@@ -30,6 +30,11 @@ SAMPLES_DIR = "samples"
 # ---- run folder and resume ---------------------------------------------------------------------------------
 
 
+#: Set by the first process to its run name, so DDP ranks that Lightning launches as new processes (which
+#: inherit the environment) write into the same run folder instead of timestamping their own.
+RUN_NAME_ENV = "MVTUNE_RUN_NAME"
+
+
 def run_name(cfg: TrainConfig, config_stem: str) -> str:
     """Explicit name; under Slurm the job id (a requeued job finds its own folder); else stem + time."""
     if cfg.output.name:
@@ -38,7 +43,15 @@ def run_name(cfg: TrainConfig, config_stem: str) -> str:
     if job:
         task = os.environ.get("SLURM_ARRAY_TASK_ID")
         return f"{config_stem}-slurm{job}" + (f"_{task}" if task and os.environ.get("SLURM_ARRAY_JOB_ID") else "")
-    return f"{config_stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    return os.environ.get(RUN_NAME_ENV) or f"{config_stem}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def global_rank() -> int:
+    """This process's rank before the trainer exists (torchrun/Lightning set RANK, Slurm tasks SLURM_PROCID)."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -109,8 +122,8 @@ def resolve_resume(cfg: TrainConfig, config_stem: str, resume: str | None) -> tu
     return run_dir, path
 
 
-def _log_to_file(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+def _log_to_file(run_dir: Path, rank: int) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / ("train.log" if rank == 0 else f"train.rank{rank}.log"), encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("mvtune", "lightning"):
         logger = logging.getLogger(name)
@@ -271,11 +284,16 @@ def train(
     check_config(cfg)
     run_dir, checkpoint = resolve_resume(cfg, config_stem, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = _log_to_file(run_dir)
+    shares_name = RUN_NAME_ENV not in os.environ
+    if shares_name:  # DDP ranks launched from here inherit it; removed again when this run ends
+        os.environ[RUN_NAME_ENV] = run_dir.name
+    rank = global_rank()
+    handler = _log_to_file(run_dir, rank)
     started = time.time()
     summary = {"run_dir": str(run_dir), "resumed_from": str(checkpoint) if checkpoint else None, "status": "running"}
     try:
-        (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        if rank == 0:
+            (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
         log.info("run folder %s%s", run_dir, f", resuming from {checkpoint}" if checkpoint else "")
 
         import lightning as L
@@ -311,10 +329,13 @@ def train(
         raise
     finally:
         summary["seconds"] = round(time.time() - started, 2)
-        _write_json_atomic(run_dir / "summary.json", summary)
+        if rank == 0:
+            _write_json_atomic(run_dir / "summary.json", summary)
         for name in ("mvtune", "lightning"):
             logging.getLogger(name).removeHandler(handler)
         handler.close()
+        if shares_name:
+            os.environ.pop(RUN_NAME_ENV, None)
 
 
 def train_from_cli(config_path: Path, overrides: list[str], resume: str | None) -> Path:
