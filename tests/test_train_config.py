@@ -142,3 +142,13 @@ def test_users_view_order_is_accepted_where_0004_0005_are_top_bottom(ducks, user
             for f in folder.glob("*_tmp.*"):
                 f.rename(f.with_name(f.name.replace("tmp", b)))
     check_config(load_config(user_yaml, dataset_overrides(swapped)))
+
+
+def test_scheduler_whose_milestone_cuts_the_warmup_is_refused(tmp_path, user_yaml):
+    config = yaml.safe_load(user_yaml.read_text())
+    assert load_config(user_yaml).optim.warmup_steps == 2000
+    config["system"]["scheduler"]["milestones"] = [500]  # switches to constant before the warm-up reaches 1
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(TrainConfigError, match="linear warm-up then constant"):
+        load_config(path)

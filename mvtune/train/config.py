@@ -383,6 +383,9 @@ def _warmup_from_scheduler(spec: dict) -> dict:
         rest = spec.get("schedulers", [])[1:]
         if any(s["name"] != "ConstantLR" or float(s.get("args", {}).get("factor", 1.0)) != 1.0 for s in rest):
             raise KeyError
+        milestones = spec.get("milestones")
+        if rest and milestones is not None and [int(m) for m in milestones] != [int(first["args"]["total_iters"])]:
+            raise KeyError  # warm-up that stops early or late is not "linear to 1, then constant"
         return {"warmup_steps": int(first["args"]["total_iters"]), "warmup_start_factor": float(first["args"]["start_factor"])}
     except (KeyError, IndexError, TypeError, ValueError):
         raise TrainConfigError(
