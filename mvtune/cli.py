@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -26,6 +28,8 @@ console = Console(stderr=True, soft_wrap=True)
 
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    # transformers warns at import about optional image processors we never use
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
@@ -441,12 +445,13 @@ def demo(
     from mvtune.train.run import demo_sample, demo_training
 
     console.print(f"[bold]5/7[/] training the adapter for {steps} steps on {base_model} ({device}) ...")
+    warnings.filterwarnings("ignore", message=".*`srun` command is available on your system")  # the demo is no Slurm job
     run_dir = demo_training(
         data_dir, out_dir / "runs", steps=steps, resolution=train_resolution,
         base=base_model, adapter=adapter, accelerator=device,
     )
-    metrics = run_dir / "metrics.csv"
-    console.print(f"      run folder {run_dir} (metrics {metrics.name}, sample grids in samples/)")
+    metrics = next(run_dir.rglob("metrics.csv"), None)
+    console.print(f"      run folder {run_dir} (metrics {metrics}, sample grids in {run_dir / 'samples'})")
     held_out = read_scene_list(data_dir / "split_test.json")[0]
     grid = demo_sample(run_dir, data_dir, object_id=held_out)
     console.print(f"[bold]6/7[/] sampled 6 views of held-out mesh {held_out}: {grid}")

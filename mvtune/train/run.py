@@ -122,6 +122,16 @@ def resolve_resume(cfg: TrainConfig, config_stem: str, resume: str | None) -> tu
     return run_dir, path
 
 
+def _no_duplicate_lightning_console() -> None:
+    """Lightning gives its logger a console handler of its own; where the application already logs to the
+    console (the root logger has handlers, e.g. the mvtune CLI), every Lightning message would print twice."""
+    if logging.getLogger().handlers:
+        lightning_logger = logging.getLogger("lightning")
+        for handler in list(lightning_logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                lightning_logger.removeHandler(handler)
+
+
 def _log_to_file(run_dir: Path, rank: int) -> logging.Handler:
     handler = logging.FileHandler(run_dir / ("train.log" if rank == 0 else f"train.rank{rank}.log"), encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -298,6 +308,7 @@ def train(
 
         import lightning as L
 
+        _no_duplicate_lightning_console()
         from mvtune.train.data import TrainDataModule
         from mvtune.train.system import MVAdapterSystem
 
