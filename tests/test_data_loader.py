@@ -215,6 +215,11 @@ def test_cache_is_identical_and_invalidated_when_files_change(synth, tmp_path):
     torch.testing.assert_close(changed["rgb"][0], changed["rgb"][2], rtol=0, atol=0)
     other_size = MultiviewDataset(root, ["aa_one"], height=32, width=32, cache_dir=tmp_path / "cache")
     assert other_size[0]["rgb"].shape[-1] == 32
+    # both sizes stay cached side by side: switching back is a hit, not a rebuild
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 2
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.safetensors")}
+    cached[0], other_size[0]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.safetensors")} == before
 
 
 def test_captions_lists_templates_and_missing(synth, tmp_path):

@@ -21,8 +21,9 @@ import numpy as np
 CACHE_VERSION = "2"
 
 
-def cache_file(cache_dir: Path, object_id: str) -> Path:
-    return Path(cache_dir) / object_id[:2] / f"{object_id}.safetensors"
+def cache_file(cache_dir: Path, object_id: str, variant: str, height: int, width: int) -> Path:
+    """One file per object and training shape, so runs at other sizes or variants can share a cache folder."""
+    return Path(cache_dir) / f"{variant}-{height}x{width}" / object_id[:2] / f"{object_id}.safetensors"
 
 
 def fingerprint(files: list[Path], **settings) -> str:

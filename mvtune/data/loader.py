@@ -324,7 +324,7 @@ class MultiviewDataset(Dataset):
             )
         if self.cache_dir is None:
             return read_views(directory, object_id, self.variant, self.height, self.width)
-        path = cache.cache_file(self.cache_dir, object_id)
+        path = cache.cache_file(self.cache_dir, object_id, self.variant, self.height, self.width)
         settings = {"variant": self.variant, "height": self.height, "width": self.width}
         hit = cache.read_cache(path, self._fingerprint(directory, path, settings))
         if hit is not None:
