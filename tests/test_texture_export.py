@@ -63,6 +63,9 @@ def test_glb_round_trip_in_source_coordinates(tmp_path, sample_meshes_dir, views
     assert saved["unwrap"]["uvs"] == "xatlas" and "bake" in saved["timings"]
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == ["duck.glb", "duck.json", "duck_turntable.gif", "duck_turntable.png"]
+    # a rerun without previews must not leave the old ones beside the new GLB
+    texture_mesh(_config(tmp_path, sample_meshes_dir, views_dir, turntable=False))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["duck.glb", "duck.json"]
 
 
 def _copy_views(views_dir, tmp_path):

@@ -257,6 +257,9 @@ def texture_mesh(cfg: TextureConfig) -> dict:
             loop=0,
         )
         files.update(turntable_png=paths["turntable_png"].name, turntable_gif=paths["turntable_gif"].name)
+    else:  # an earlier run's previews would no longer show this GLB
+        paths["turntable_png"].unlink(missing_ok=True)
+        paths["turntable_gif"].unlink(missing_ok=True)
     timings["total"] = time.perf_counter() - start
     summary = {
         "config": cfg.model_dump(mode="json"),
