@@ -86,8 +86,8 @@ def test_plucker_maps_are_constant_look_direction_and_position():
 
 
 def test_t2mv_with_four_views_from_a_saved_folder_and_adapter(tmp_path):
-    base = tmp_path / "tiny-sdxl"
-    components = build_tiny_sdxl(base, seed=0)
+    tiny_base = tmp_path / "tiny-sdxl"
+    components = build_tiny_sdxl(tiny_base, seed=0)
     adapter_path = tmp_path / "custom_adapter.safetensors"
     source = MVAdapterPipeline.from_components(components, variant="t2mv", num_views=4, scheduler="ddpm")
     with torch.no_grad():
@@ -96,7 +96,7 @@ def test_t2mv_with_four_views_from_a_saved_folder_and_adapter(tmp_path):
                 param.normal_(std=0.2)
     save_adapter(adapter_path, source.unet, source.cond_encoder)
 
-    pipe = MVAdapterPipeline.from_pretrained(base, adapter=adapter_path, variant="t2mv", num_views=4, scheduler="ddpm")
+    pipe = MVAdapterPipeline.from_pretrained(tiny_base, adapter=adapter_path, variant="t2mv", num_views=4, scheduler="ddpm")
     assert isinstance(pipe.scheduler, DDPMScheduler) and pipe.scheduler.config.trained_betas is not None
     condition = plucker_condition_maps(_ring_c2w([0, 90, 180, 270]), 64, 64)
     images = _sample(pipe, condition, num_inference_steps=2)
