@@ -27,22 +27,12 @@ from mvtune import cameras
 from mvtune.meshes import Mesh, MeshPart, load_mesh, normalize_mesh, write_sample_meshes
 from mvtune.render import Renderer, create_context
 from mvtune.texture.bake import BakeOptions, as_render_mesh, bake_texture
+from mvtune.texture.bake import psnr_over_covered
 from mvtune.texture.export import glb_bytes
 from mvtune.texture.unwrap import UnwrapConfig, decimate, merged_arrays, prepare_uv_mesh
 
 TARGET_S = 5.0
 SHARED_MESHES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "meshes"
-
-
-def psnr(originals, rebaked) -> tuple[float, float]:
-    squared, count, on_object = 0.0, 0, 0
-    for a, b in zip(originals, rebaked):
-        both = (a.color[..., 3] == 255) & (b.color[..., 3] == 255)
-        diff = a.color[..., :3][both].astype(np.float64) - b.color[..., :3][both]
-        squared += float((diff**2).sum())
-        count += diff.size
-        on_object += int(a.mask.sum())
-    return 10.0 * np.log10(255.0**2 / max(squared / count, 1e-12)), count / 3 / max(on_object, 1)
 
 
 def accuracy(name: str, path: Path, ctx, view_res: int, texture_size: int) -> str:
@@ -54,8 +44,8 @@ def accuracy(name: str, path: Path, ctx, view_res: int, texture_size: int) -> st
     originals = renderer.render(mesh, views)
     result = bake_texture(uv_mesh, views, [o.color for o in originals], BakeOptions(texture_size=texture_size), ctx)
     textured = as_render_mesh(uv_mesh, result.texture)
-    baked_psnr, used = psnr(originals, renderer.render(textured, views))
-    novel_psnr, novel_used = psnr(renderer.render(mesh, novel), renderer.render(textured, novel))
+    baked_psnr, used = psnr_over_covered(originals, renderer.render(textured, views))
+    novel_psnr, novel_used = psnr_over_covered(renderer.render(mesh, novel), renderer.render(textured, novel))
     return (
         f"| {name} | {report['uvs']} | {len(uv_mesh.faces)} | {baked_psnr:.1f} | {used:.1%} | {novel_psnr:.1f} | "
         f"{novel_used:.1%} | {result.stats['texel_coverage']:.1%} |"

@@ -6,22 +6,10 @@ import pytest
 from mvtune import cameras
 from mvtune.meshes import load_mesh, normalize_mesh
 from mvtune.render import Renderer, create_context
-from mvtune.texture.bake import BakeOptions, as_render_mesh, bake_texture, push_pull
+from mvtune.texture.bake import BakeOptions, as_render_mesh, bake_texture, psnr_over_covered, push_pull
 from mvtune.texture.unwrap import TextureError, UnwrapConfig, prepare_uv_mesh
 
 pytestmark = pytest.mark.gl
-
-
-def psnr_over_covered(originals, rebaked) -> tuple[float, float]:
-    """PSNR (dB) over pixels fully on the object in both renders, and the fraction of object pixels used."""
-    squared, count, on_object = 0.0, 0, 0
-    for a, b in zip(originals, rebaked):
-        both = (a.color[..., 3] == 255) & (b.color[..., 3] == 255)
-        diff = a.color[..., :3][both].astype(np.float64) - b.color[..., :3][both]
-        squared += float((diff**2).sum())
-        count += diff.size
-        on_object += int(a.mask.sum())
-    return 10.0 * np.log10(255.0**2 / max(squared / count, 1e-12)), count / 3 / on_object
 
 
 def bake_round_trip(mesh_path, view_resolution=384, texture_size=1024):

@@ -255,7 +255,7 @@ def bake_texture(
         inside = (px > -0.5) & (px < resolution - 0.5) & (py > -0.5) & (py < resolution - 0.5)
         flat = np.rint(py).astype(np.int64).clip(0, resolution - 1) * resolution
         flat += np.rint(px).astype(np.int64).clip(0, resolution - 1)
-        tangent = np.sqrt(1.0 - cos**2) / cos
+        tangent = np.sqrt(np.maximum(1.0 - cos**2, 0.0)) / cos  # |cos| can round past 1
         tolerance = pixel * (options.depth_tolerance_px + 0.71 * tangent)
         visible = inside & render.mask.reshape(-1)[flat] & (-camera[:, 2] - render.depth.reshape(-1)[flat] < tolerance)
         keep = np.flatnonzero(visible)
@@ -306,3 +306,16 @@ def bake_texture(
     }
     # GL rows start at v = 0; images start at the top.
     return BakeResult(texture[::-1].copy(), covered[::-1].copy(), seen[::-1].copy(), stats)
+
+
+def psnr_over_covered(originals, rebaked) -> tuple[float, float]:
+    """PSNR (dB) of re-rendered views against the originals over pixels fully on the object in both, and the
+    fraction of object pixels that comparison used: the baker's accuracy measure (test and benchmark)."""
+    squared, count, on_object = 0.0, 0, 0
+    for a, b in zip(originals, rebaked):
+        both = (a.color[..., 3] == 255) & (b.color[..., 3] == 255)
+        diff = a.color[..., :3][both].astype(np.float64) - b.color[..., :3][both]
+        squared += float((diff**2).sum())
+        count += diff.size
+        on_object += int(a.mask.sum())
+    return 10.0 * np.log10(255.0**2 / max(squared / max(count, 1), 1e-12)), count / 3 / max(on_object, 1)
