@@ -422,6 +422,8 @@ def generate_batch(cfg: BatchConfig, pipeline=None) -> dict:
             except Exception as exc:  # one bad mesh must not stop the batch
                 log.warning("%s failed: %s", object_id, exc)
                 _failed(summary, object_id, item, exc)
+                if run.out_dir.is_dir() and not any(run.out_dir.iterdir()):
+                    run.out_dir.rmdir()  # no empty folder that looks like a result
     finally:
         if renderer is not None:
             renderer.release()
