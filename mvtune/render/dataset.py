@@ -30,6 +30,7 @@ from urllib.parse import unquote
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mvtune import __version__, cameras
+from mvtune.render.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def source_files(path: Path) -> list[Path]:
 
 
 def source_hash(path: Path) -> str:
-    """sha256 of the mesh file (and of its MTL for OBJ), the grouping key for leak-free splits."""
+    """sha256 over the mesh file and the files it references: the done-marker key and the split grouping key."""
     files = source_files(path)
     if len(files) == 1:
         return sha256_file(path)
@@ -223,13 +224,6 @@ def read_sidecars(path: Path) -> tuple[str | None, dict]:
                 raise ValueError(f"sidecar {candidate} must hold a JSON object")
             break
     return caption, meta
-
-
-def write_json_atomic(path: Path, data) -> None:
-    from mvtune.render.files import atomic_write
-
-    text = json.dumps(data, indent=2) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def is_done(obj_dir: Path, digest: str, settings: dict) -> bool:
@@ -284,7 +278,7 @@ def write_object_views(renderer, mesh, views, obj_dir: Path, position: bool = Fa
     else:
         for view, image in zip(views, images):
             add(files.write_view_files(obj_dir, view.index, image, position))
-    files.write_meta_json(obj_dir / "meta.json", files.build_meta(views, renderer.resolution))
+    files.write_json(obj_dir / "meta.json", files.build_meta(views, renderer.resolution))
     return {**renderer.last_timings, **timings}
 
 
@@ -318,8 +312,8 @@ def render_object(cfg: RenderConfig, object_id: str, src: Path, digest: str) -> 
         "to_canonical": mesh.to_frame.tolist(),
         **cfg.settings(),
     }
-    write_json_atomic(obj_dir / OBJECT_RECORD, record)
-    write_json_atomic(obj_dir / DONE_MARKER, {"source_sha256": digest, "settings": cfg.settings()})
+    write_json(obj_dir / OBJECT_RECORD, record)
+    write_json(obj_dir / DONE_MARKER, {"source_sha256": digest, "settings": cfg.settings()})
     return record
 
 
@@ -340,7 +334,7 @@ def render_dataset(cfg: RenderConfig, on_progress: Callable[[int, int, str], Non
     out = cfg.out_dir
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "render_config.json", json.loads(cfg.model_dump_json()))
+        write_json(out / "render_config.json", json.loads(cfg.model_dump_json()))
     except OSError as exc:
         raise DatasetWriteError(f"cannot write to output folder {out}: {exc}") from None
     for leftover in out.glob(".*.tmp"):  # temp files of a run killed mid-write (see files.atomic_write)
@@ -384,7 +378,7 @@ def render_dataset(cfg: RenderConfig, on_progress: Callable[[int, int, str], Non
 
     _write_index(cfg, meshes, captions_override, digests)
     summary.seconds = round(time.perf_counter() - start, 3)
-    write_json_atomic(out / "render_summary.json", summary.to_json())
+    write_json(out / "render_summary.json", summary.to_json())
     return summary
 
 
@@ -456,6 +450,6 @@ def _write_index(
         )
         if caption is not None:
             captions[object_id] = caption
-    write_json_atomic(out / SCENE_LIST, ids)
-    write_json_atomic(out / CAPTIONS, captions)
-    write_json_atomic(out / MANIFEST, {"mvtune_version": __version__, "objects": manifest})
+    write_json(out / SCENE_LIST, ids)
+    write_json(out / CAPTIONS, captions)
+    write_json(out / MANIFEST, {"mvtune_version": __version__, "objects": manifest})

@@ -136,9 +136,10 @@ def build_meta(views: Sequence[View], resolution: int) -> dict:
     }
 
 
-def write_meta_json(path: str | Path, meta: dict) -> Path:
-    text = json.dumps(meta, indent=2) + "\n"
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+def write_json(path: str | Path, data) -> Path:
+    """Atomically write JSON (meta.json, records, indexes): readers never see half a file."""
+    text = json.dumps(data, indent=2) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def write_view_files(out_dir: str | Path, index: str, images, position: bool = False) -> dict[str, float]:
