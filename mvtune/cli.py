@@ -56,6 +56,13 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _check_variant(variant: str) -> None:
+    from mvtune.cameras import VARIANTS
+
+    if variant not in VARIANTS:
+        _fail(f"--variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+
+
 @app.command()
 def samples(
     out_dir: Path = typer.Argument(..., help="Folder for the built-in sample meshes (GLB + caption/provenance sidecars)."),
@@ -97,7 +104,7 @@ def render(
             max_texture_pixels=max_texture_pixels,
         )
     except ValidationError as exc:
-        _fail("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()))
+        _fail(_validation_message(exc, as_options=True))
     try:
         with _progress() as progress:
             task = progress.add_task("render", total=None, item="")
@@ -136,8 +143,7 @@ def dataset_validate(
     from mvtune.cameras import VARIANTS
     from mvtune.data.validate import validate_dataset
 
-    if variant not in VARIANTS:
-        _fail(f"--variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    _check_variant(variant)
     image_names = [v.strip() for v in views.split(",")] if views else None
     if image_names is not None and (len(image_names) != len(VARIANTS[variant].poses) or not all(image_names)):
         _fail(f"--views must name {len(VARIANTS[variant].poses)} views for {variant} "
@@ -148,13 +154,7 @@ def dataset_validate(
             root, variant, image_names, scene_list, captions, check_pixels=pixels,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
-    _print_report(result)
-    report_path = report or (root / "validation_report.json")
-    try:
-        report_path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
-        console.print(f"report: {report_path}")
-    except OSError as exc:
-        console.print(f"[yellow]could not write report {report_path}: {exc}[/]")
+    _report(result, report or (root / "validation_report.json"))
     if not result.ok:
         raise typer.Exit(1)
 
@@ -187,12 +187,9 @@ def dataset_cache(
     scene_list: Optional[Path] = typer.Option(None, help="Scene list (default ROOT/scene_list.json)."),
 ) -> None:
     """Precompute the loader's tensors at training resolution (rebuilt when files or resolution change)."""
-    from mvtune.cameras import VARIANTS
     from mvtune.data.cache import build_cache
 
-    if variant not in VARIANTS:
-        _fail(f"--variant must be one of {sorted(VARIANTS)}, got {variant!r}")
-
+    _check_variant(variant)
     with _progress() as progress:
         task = progress.add_task("cache", total=None, item="")
         result = build_cache(
@@ -231,25 +228,27 @@ def augment(
         raise typer.Exit(1)
 
 
-def _print_report(result) -> None:
-    table = Table(title=f"{result.root} ({result.variant}, views {','.join(result.image_names)})")
-    table.add_column("level")
-    table.add_column("object")
-    table.add_column("finding")
-    shown = 0
-    for finding in result.errors + result.warnings:
-        if shown == 30:
-            table.add_row("...", "", f"{len(result.findings) - shown} more in the JSON report")
-            break
-        colour = "red" if finding.level == "error" else "yellow"
-        table.add_row(f"[{colour}]{finding.level}[/]", finding.object_id or "", finding.message)
-        shown += 1
-    if result.findings:
+def _report(result, path: Path) -> None:
+    """Print a validation result (first 30 findings) and save its JSON report (a read-only dataset only loses
+    the file)."""
+    findings = result.errors + result.warnings
+    if findings:
+        table = Table(title=f"{result.root} ({result.variant}, views {','.join(result.image_names)})")
+        for column in ("level", "object", "finding"):
+            table.add_column(column)
+        for finding in findings[:30]:
+            colour = "red" if finding.level == "error" else "yellow"
+            table.add_row(f"[{colour}]{finding.level}[/]", finding.object_id or "", finding.message)
+        if len(findings) > 30:
+            table.add_row("...", "", f"{len(findings) - 30} more in the JSON report")
         console.print(table)
     status = "[green]OK[/]" if result.ok else "[red]FAILED[/]"
-    console.print(
-        f"{status}: {result.objects} objects, {len(result.errors)} errors, {len(result.warnings)} warnings"
-    )
+    console.print(f"{status}: {result.objects} objects, {len(result.errors)} errors, {len(result.warnings)} warnings")
+    try:
+        path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        console.print(f"report: {path}")
+    except OSError as exc:
+        console.print(f"[yellow]could not write report {path}: {exc}[/]")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
@@ -293,7 +292,10 @@ def _sampling_options(steps, guidance, negative_prompt, resolution, mv_scale, co
     return SamplingConfig(**kwargs)
 
 
-def _validation_message(exc) -> str:
+def _validation_message(exc, as_options: bool = False) -> str:
+    """pydantic errors as one line, naming config keys (`models.device`) or CLI options (`--max-texture-pixels`)."""
+    if as_options:
+        return "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
 
 
@@ -436,8 +438,7 @@ def demo(
     split = split_dataset(data_dir, val=0.2, test=0.2, seed=0)
     console.print(f"[bold]3/7[/] split by source mesh: {split['objects']}")
     result = validate_dataset(data_dir, "tg2mv")
-    (data_dir / "validation_report.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    _print_report(result)
+    _report(result, data_dir / "validation_report.json")
     if not result.ok:
         _fail("the demo dataset did not validate", code=1)
     console.print("[bold]4/7[/] validated (view layout, normals frame, files, captions, no split leakage)")
