@@ -33,7 +33,7 @@ from mvtune import __version__
 from mvtune.generate.conditions import ConditionMaps, condition_maps, load_normalized
 from mvtune.meshes import Mesh
 from mvtune.render.dataset import sha256_file
-from mvtune.render.files import atomic_write
+from mvtune.render.files import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +172,6 @@ def grid_image(images: list[np.ndarray]) -> Image.Image:
 
 def _save_png(path: Path, image: Image.Image) -> None:
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
-
-
-def _write_json(path: Path, data) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
 
 
 def _save_npz(path: Path, **arrays) -> None:
@@ -328,7 +324,7 @@ def write_views(
         ],
         **(extra or {}),
     }
-    _write_json(out / RECORD, record)
+    write_json(out / RECORD, record)
     return record
 
 
@@ -430,7 +426,7 @@ def generate_batch(cfg: BatchConfig, pipeline=None) -> dict:
     summary["seconds"] = round(time.perf_counter() - start, 3)
     lines = "".join(json.dumps(e) + "\n" for e in summary["errors"])
     atomic_write(out / ERRORS, lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))
-    _write_json(out / BATCH_SUMMARY, {"config": cfg.model_dump(mode="json"), **summary})
+    write_json(out / BATCH_SUMMARY, {"config": cfg.model_dump(mode="json"), **summary})
     return summary
 
 

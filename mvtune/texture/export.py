@@ -21,13 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mvtune import cameras
 from mvtune.cameras import View
-from mvtune.generate.run import RECORD, GenerateConfig, ModelConfig, SamplingConfig, generate, sha256_file
+from mvtune.generate.run import RECORD, VARIANT, GenerateConfig, ModelConfig, SamplingConfig, generate
 from mvtune.render import Renderer
-from mvtune.render.files import atomic_write
+from mvtune.render.dataset import sha256_file
+from mvtune.render.files import atomic_write, write_json
 from mvtune.texture.bake import BakeOptions, as_render_mesh, bake_texture
 from mvtune.texture.unwrap import TextureError, UnwrapConfig, UVMesh, prepare_uv_mesh
 
-VARIANT = "tg2mv"
 #: Turntable: 8 orthographic views, 45 degrees apart, slightly from above, on a white background.
 TURNTABLE_AZIMUTHS = tuple(range(0, 360, 45))
 TURNTABLE_ELEVATION = 20.0
@@ -270,5 +270,5 @@ def texture_mesh(cfg: TextureConfig) -> dict:
         "files": files,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-    _write_bytes(paths["record"], (json.dumps(summary, indent=2) + "\n").encode())
+    write_json(paths["record"], summary)
     return summary
