@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from PIL import Image
 
 from mvtune import cameras
 
@@ -122,7 +123,7 @@ def check_view_layout(meta: dict, variant: str, image_names: list[str]) -> list[
         found = view_pose(loc)
         if not cameras.poses_match(found, expected):
             suggestion = _find_index(by_index, expected)
-            fix = f"; the {name} view is {suggestion}" if suggestion else ""
+            fix = f"; the {name} view is {suggestion} in this dataset" if suggestion else ""
             problems.append(
                 f"view {index} is fed as the {name} view (position {position}), which {variant} expects at "
                 f"{describe_pose(expected)}, but it has {describe_pose(found)}{fix}"
@@ -132,16 +133,17 @@ def check_view_layout(meta: dict, variant: str, image_names: list[str]) -> list[
         if roll:
             problems.append(f"view {index} ({name}): {roll}")
     if problems:
-        fixed = [_find_index(by_index, pose, bare=True) for pose in spec.poses]
+        fixed = [_find_index(by_index, pose) for pose in spec.poses]
         if all(fixed):
             problems.append(f"fix: use image_names {json.dumps(fixed)} for {variant} on this dataset")
     return problems
 
 
-def _find_index(by_index: dict, pose: tuple[float, float], bare: bool = False) -> str | None:
+def _find_index(by_index: dict, pose: tuple[float, float]) -> str | None:
+    """The index of the view that has this pose, if any."""
     for index, loc in by_index.items():
         if "transform_matrix" in loc and cameras.poses_match(view_pose(loc), pose):
-            return index if bare else f"{index} in this dataset"
+            return index
     return None
 
 
@@ -193,8 +195,6 @@ def validate_dataset(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> ValidationReport:
     """Check a dataset for one model variant; never raises for dataset problems, reports them instead."""
-    from PIL import Image
-
     root = Path(root)
     spec = cameras.variant_views(variant)
     names = list(image_names or spec.ortho10_indices)
@@ -232,7 +232,7 @@ def validate_dataset(
             report.add("error", "path-escape", f"scene entry {entry!r} points outside the dataset root", object_id)
             continue
         report.objects += 1
-        _check_object(directory, object_id, variant, names, check_pixels, report, Image)
+        _check_object(directory, object_id, variant, names, check_pixels, report)
         if on_progress:
             on_progress(done, len(entries))
     return report
@@ -272,7 +272,7 @@ def _check_captions(ids: list[str], db: dict, report: ValidationReport) -> None:
         report.add("warning", "caption-duplicate", f"caption {text!r} is used by {count} objects")
 
 
-def _check_object(directory, object_id, variant, names, check_pixels, report, Image) -> None:
+def _check_object(directory, object_id, variant, names, check_pixels, report) -> None:
     meta_path = directory / "meta.json"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
