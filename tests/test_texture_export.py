@@ -155,3 +155,14 @@ def test_prompt_generates_the_views_first(tmp_path, sample_meshes_dir):
     assert (out / "duck_views" / "generate.json").is_file() and (out / "duck.glb").is_file()
     assert record["generate_record"]["prompt"] == "a blue duck" and "generate" in record["timings"]
     assert not (out / "duck_turntable.png").exists()
+
+
+def test_prompt_with_models_that_do_not_load_is_a_texture_error(tmp_path, sample_meshes_dir):
+    from mvtune.generate import ModelConfig, SamplingConfig
+
+    cfg = TextureConfig(
+        mesh=sample_meshes_dir / "duck_blue.glb", prompt="a blue duck", out=tmp_path / "duck.glb",
+        models=ModelConfig(base_model=tmp_path / "missing"), sampling=SamplingConfig(steps=2, resolution=64),
+    )
+    with pytest.raises(TextureError, match="base_model .* does not exist"):  # the CLI reports it, no traceback
+        texture_mesh(cfg)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mvtune import cameras
 from mvtune.cameras import View
-from mvtune.generate.run import RECORD, VARIANT, GenerateConfig, ModelConfig, SamplingConfig, generate
+from mvtune.generate.run import RECORD, VARIANT, GenerateConfig, GenerateError, ModelConfig, SamplingConfig, generate
 from mvtune.render import Renderer
 from mvtune.render.dataset import sha256_file
 from mvtune.render.files import atomic_write, write_json
@@ -206,16 +206,19 @@ def texture_mesh(cfg: TextureConfig) -> dict:
     views_dir = cfg.views
     if cfg.prompt is not None:
         views_dir = paths["views"]
-        generate(
-            GenerateConfig(
-                mesh=cfg.mesh,
-                prompt=cfg.prompt,
-                out_dir=views_dir,
-                seed=cfg.seed,
-                models=cfg.models,
-                sampling=cfg.sampling,
+        try:
+            generate(
+                GenerateConfig(
+                    mesh=cfg.mesh,
+                    prompt=cfg.prompt,
+                    out_dir=views_dir,
+                    seed=cfg.seed,
+                    models=cfg.models,
+                    sampling=cfg.sampling,
+                )
             )
-        )
+        except GenerateError as exc:  # a bad mesh or models: the texture stage's own input error
+            raise TextureError(str(exc)) from exc
         timings["generate"] = time.perf_counter() - start
     views, images, record = read_views(views_dir, cfg.mesh)
     try:
