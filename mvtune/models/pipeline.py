@@ -87,6 +87,24 @@ def make_scheduler(base_config: dict, kind: str = "euler", shift_scale: float = 
     return shift_snr_scheduler(SCHEDULERS[kind], dict(base_config), shift_scale)
 
 
+def load_sdxl_components(base: str | os.PathLike, vae: str | os.PathLike | None = None) -> dict:
+    """SDXL components from a local diffusers folder (no network), keyed like the pipeline's; `vae` optionally
+    replaces its VAE (e.g. a local copy of madebyollin/sdxl-vae-fp16-fix for fp16)."""
+    base = Path(base)
+    offline = {"local_files_only": True}
+    return {
+        "unet": UNet2DConditionModel.from_pretrained(base, subfolder="unet", **offline),
+        "vae": AutoencoderKL.from_pretrained(vae, **offline)
+        if vae is not None
+        else AutoencoderKL.from_pretrained(base, subfolder="vae", **offline),
+        "text_encoder": CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **offline),
+        "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2", **offline),
+        "tokenizer": CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **offline),
+        "tokenizer_2": CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2", **offline),
+        "scheduler": EulerDiscreteScheduler.from_pretrained(base, subfolder="scheduler", **offline),
+    }
+
+
 class MVAdapterPipeline:
     """SDXL components + an adapted UNet and its cond encoder; call it to sample the views of one object."""
 
@@ -157,20 +175,7 @@ class MVAdapterPipeline:
     ) -> "MVAdapterPipeline":
         """Load an SDXL base from a local diffusers folder (no network); `vae` optionally replaces its VAE
         (e.g. a local copy of madebyollin/sdxl-vae-fp16-fix for fp16)."""
-        base = Path(base)
-        offline = {"local_files_only": True}
-        components = {
-            "unet": UNet2DConditionModel.from_pretrained(base, subfolder="unet", **offline),
-            "vae": AutoencoderKL.from_pretrained(vae, **offline)
-            if vae is not None
-            else AutoencoderKL.from_pretrained(base, subfolder="vae", **offline),
-            "text_encoder": CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **offline),
-            "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2", **offline),
-            "tokenizer": CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **offline),
-            "tokenizer_2": CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2", **offline),
-            "scheduler": EulerDiscreteScheduler.from_pretrained(base, subfolder="scheduler", **offline),
-        }
-        pipe = cls.from_components(components, variant, num_views, adapter, scheduler, shift_scale)
+        pipe = cls.from_components(load_sdxl_components(base, vae), variant, num_views, adapter, scheduler, shift_scale)
         return pipe.to(device, torch_dtype)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "MVAdapterPipeline":

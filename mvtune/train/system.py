@@ -23,13 +23,13 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, EulerDiscreteScheduler
+from diffusers import DDPMScheduler
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.training_utils import EMAModel, compute_snr
 from PIL import Image
 
 from mvtune.models import attach_mv_adapter, encode_prompt, load_adapter, save_adapter, shift_snr_scheduler
-from mvtune.models.pipeline import MVAdapterPipeline, make_scheduler
+from mvtune.models.pipeline import MVAdapterPipeline, load_sdxl_components, make_scheduler
 from mvtune.train.config import TINY_BASE, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -45,29 +45,16 @@ class NonFiniteLossError(RuntimeError):
 
 def load_base_components(base: str, vae: str | os.PathLike | None = None, seed: int = 0) -> dict:
     """SDXL components from a local diffusers folder (no network), or the random tiny SDXL for base="tiny"."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    from mvtune.models import build_tiny_sdxl
-
     if base == TINY_BASE:
-        components = build_tiny_sdxl(seed=seed)
-    else:
-        offline = {"local_files_only": True}
-        components = {
-            "unet": UNet2DConditionModel.from_pretrained(base, subfolder="unet", **offline),
-            "vae": AutoencoderKL.from_pretrained(base, subfolder="vae", **offline),
-            "text_encoder": CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **offline),
-            "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2", **offline),
-            "tokenizer": CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **offline),
-            "tokenizer_2": CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2", **offline),
-            "scheduler": EulerDiscreteScheduler.from_pretrained(base, subfolder="scheduler", **offline),
-        }
-    if vae is not None:
-        from diffusers import AutoencoderKL
+        from mvtune.models.tiny import build_tiny_sdxl
 
-        components["vae"] = AutoencoderKL.from_pretrained(vae, local_files_only=True)
-    return components
+        components = build_tiny_sdxl(seed=seed)
+        if vae is not None:
+            from diffusers import AutoencoderKL
+
+            components["vae"] = AutoencoderKL.from_pretrained(vae, local_files_only=True)
+        return components
+    return load_sdxl_components(base, vae)
 
 
 def frozen_dtype(setting: str, device: torch.device) -> torch.dtype:
