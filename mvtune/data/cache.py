@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,14 @@ def fingerprint(files: list[Path], **settings) -> str:
     return digest.hexdigest()
 
 
-def read_cache(path: Path, expected: str) -> tuple[dict[str, np.ndarray], dict] | None:
-    """The arrays and metadata, or None when the file is absent, stale or unreadable."""
+def read_cache(
+    path: Path, expected: str | Callable[[dict[str, str]], str]
+) -> tuple[dict[str, np.ndarray], dict] | None:
+    """The arrays and metadata, or None when the file is absent, stale or unreadable.
+
+    ``expected`` is the fingerprint, or a function of the file's metadata giving it (when the source files
+    depend on what was cached), so a hit opens the file once.
+    """
     from safetensors import safe_open
 
     if not path.exists():
@@ -44,10 +51,10 @@ def read_cache(path: Path, expected: str) -> tuple[dict[str, np.ndarray], dict] 
     try:
         with safe_open(str(path), framework="np") as f:
             meta = f.metadata() or {}
-            if meta.get("fingerprint") != expected:
+            if meta.get("fingerprint") != (expected(meta) if callable(expected) else expected):
                 return None
             return {k: f.get_tensor(k) for k in f.keys()}, meta
-    except Exception:  # a torn or foreign file is just a miss; it gets rewritten
+    except Exception:  # a torn, foreign or outdated file is just a miss; it gets rewritten
         return None
 
 
@@ -55,10 +62,11 @@ def write_cache(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, s
     """Atomic write, so concurrent DataLoader workers never read half a file."""
     from safetensors.numpy import save_file
 
+    from mvtune.render.files import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
 
 
 def build_cache(

@@ -326,7 +326,12 @@ class MultiviewDataset(Dataset):
             return read_views(directory, object_id, self.variant, self.height, self.width)
         path = cache.cache_file(self.cache_dir, object_id, self.variant, self.height, self.width)
         settings = {"variant": self.variant, "height": self.height, "width": self.width}
-        hit = cache.read_cache(path, self._fingerprint(directory, path, settings))
+
+        def expected(meta: dict[str, str]) -> str:
+            """Fingerprint of the files the cached entry was built from (its view indices are in its metadata)."""
+            return cache.fingerprint(source_files(directory, self.variant, json.loads(meta["indices"])), **settings)
+
+        hit = cache.read_cache(path, expected)
         if hit is not None:
             arrays, meta = hit
             return ViewArrays(ortho_scale=float(meta["ortho_scale"]), indices=json.loads(meta["indices"]), **arrays)
@@ -342,17 +347,6 @@ class MultiviewDataset(Dataset):
             },
         )
         return views
-
-    def _fingerprint(self, directory: Path, path: Path, settings: dict) -> str:
-        """Fingerprint of the files the cached entry was built from (its view indices are in its metadata)."""
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="np") as f:
-                indices = json.loads((f.metadata() or {})["indices"])
-            return cache.fingerprint(source_files(directory, self.variant, indices), **settings)
-        except Exception:  # absent, torn or from an older layout: rebuild
-            return ""
 
     def sample(self, i: int, epoch: int = 0) -> dict:
         """Object i as a training sample; raises DatasetError naming the file when it cannot be read."""
