@@ -279,20 +279,19 @@ def bake_texture(
 
     t = time.perf_counter()
     seen_texel = weight_sum > 0
-    color = np.zeros((size * size, 3), np.float32)
-    known = np.zeros(size * size, np.float32)
-    color[texel[seen_texel]] = color_sum[seen_texel] / weight_sum[seen_texel, None]
-    known[texel[seen_texel]] = 1.0
-    color = color.reshape(size, size, 3)
-    known = known.reshape(size, size)
     if not seen_texel.any():
         raise TextureError("no texel is visible in any view: the views do not show this mesh")
+    color = np.zeros((size * size, 3), np.float32)
+    seen = np.zeros(size * size, bool)
+    color[texel[seen_texel]] = color_sum[seen_texel] / weight_sum[seen_texel, None]
+    seen[texel[seen_texel]] = True
+    color = color.reshape(size, size, 3)
+    seen = seen.reshape(size, size)
     # Unseen surface texels from seen ones, then the gutter around the islands from the whole surface.
-    filled = push_pull(color, known > 0, fill=covered) if not seen_texel.all() else color
+    filled = push_pull(color, seen, fill=covered) if not seen_texel.all() else color
     filled = push_pull(filled, covered)
     timings["fill_pad"] = time.perf_counter() - t
 
-    seen = known > 0
     texture = np.clip(np.rint(filled * 255.0), 0, 255).astype(np.uint8)
     timings["total"] = time.perf_counter() - start
     stats = {
