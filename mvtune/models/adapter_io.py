@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mvtune.models.errors import AdapterLoadError
+from mvtune.render.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -40,19 +40,11 @@ def adapter_state_dict(unet: UNet2DConditionModel, cond_encoder: T2IAdapter) -> 
 
 
 def save_adapter(path: str | os.PathLike, unet: UNet2DConditionModel, cond_encoder: T2IAdapter) -> Path:
-    """Write the adapter atomically (temp file in the same folder + os.replace), tensors in their current dtype."""
+    """Write the adapter atomically (see render.files.atomic_write), tensors in their current dtype."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in adapter_state_dict(unet, cond_encoder).items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "pt"})
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the adapter is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     logger.info("saved adapter (%d tensors) to %s", len(state), path)
     return path
 

@@ -8,11 +8,9 @@ Run folder (`output.dir/<name>/`):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
-import tempfile
 import time
 import warnings
 from datetime import datetime
@@ -143,12 +141,6 @@ def _log_to_file(run_dir: Path, rank: int) -> logging.Handler:
     return handler
 
 
-def _write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # DDP ranks may share the run folder
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # ---- Lightning pieces (imported lazily: torch is heavy) ------------------------------------------------------
 
 
@@ -158,6 +150,8 @@ def _lightning_pieces():
     from lightning.pytorch import Callback
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+    from mvtune.render.files import atomic_write
+
     class AtomicCheckpointIO(TorchCheckpointIO):
         """Checkpoints are written to a temp file and renamed, so a kill never leaves a torn file behind;
         they are loaded with weights_only=True (plain tensors and containers only)."""
@@ -165,14 +159,7 @@ def _lightning_pieces():
         def save_checkpoint(self, checkpoint, path, storage_options=None):
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            try:
-                torch.save(checkpoint, tmp)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
         def load_checkpoint(self, path, map_location=None, weights_only=None):
             return torch.load(path, map_location=map_location or "cpu", weights_only=True)
@@ -341,7 +328,9 @@ def train(
     finally:
         summary["seconds"] = round(time.time() - started, 2)
         if rank == 0:
-            _write_json_atomic(run_dir / "summary.json", summary)
+            from mvtune.render.files import write_json
+
+            write_json(run_dir / "summary.json", summary)
         for name in ("mvtune", "lightning"):
             logging.getLogger(name).removeHandler(handler)
         handler.close()
@@ -434,6 +423,7 @@ def demo_sample(
     from mvtune.data.loader import MultiviewDataset
     from mvtune.data.validate import read_scene_list
     from mvtune.models.pipeline import MVAdapterPipeline
+    from mvtune.render.files import write_json
     from mvtune.train.system import LORA_FILE, image_grid, load_base_components
 
     run_dir, dataset_dir = Path(run_dir), Path(dataset_dir)
@@ -473,7 +463,7 @@ def demo_sample(
         Image.fromarray((image * 255).round().astype("uint8")).save(out / f"view_{k}.png")
     grid_path = out / "grid.png"
     Image.fromarray(image_grid([sample["rgb"].permute(0, 2, 3, 1).numpy(), images])).save(grid_path)
-    _write_json_atomic(out / "sample.json", {
+    write_json(out / "sample.json", {
         "object_id": object_id, "prompt": sample["prompt"], "adapter": str(adapter), "seed": seed,
         "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "grid": str(grid_path),
     })
