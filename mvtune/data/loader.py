@@ -26,15 +26,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mvtune import cameras
 from mvtune.data import augment, cache
-from mvtune.data.validate import read_scene_list, scene_dir, scene_id
+# The roll rule and the background threshold are the validator's, so validation and loading cannot disagree.
+from mvtune.data.validate import DEPTH_BACKGROUND, _roll_problem, read_scene_list, scene_dir, scene_id
 
 log = logging.getLogger(__name__)
 
-#: Depth values above this are background (the reference loader's rule).
-DEPTH_BACKGROUND = 1000.0
 BACKGROUNDS = {"gray": 0.5, "white": 1.0, "black": 0.0}
-#: Right/up axes of a matched view must agree with the layout's to this cosine (fixes the top/bottom roll).
-ROLL_MIN_COSINE = 0.99
 
 
 class DatasetError(Exception):
@@ -68,21 +65,18 @@ def select_views(meta: dict, variant: str, where: str) -> list[dict]:
     """
     spec = cameras.variant_views(variant)
     # Positions are back-projected orthographically, so a PERSP view at the right pose is not a match.
-    locations = [
-        loc
-        for loc in meta.get("locations", [])
-        if "transform_matrix" in loc and "index" in loc and loc.get("projection_type", "ORTHO") != "PERSP"
-    ]
-    poses = [(loc, np.asarray(loc["transform_matrix"], dtype=np.float64)) for loc in locations]
+    candidates = []
+    for loc in meta.get("locations", []):
+        if "transform_matrix" in loc and "index" in loc and loc.get("projection_type", "ORTHO") != "PERSP":
+            c2w = np.asarray(loc["transform_matrix"], dtype=np.float64)
+            candidates.append((loc, c2w, cameras.pose_from_c2w(c2w)))
     found, missing = [], []
     for name, pose in zip(spec.names, spec.poses):
-        expected = cameras.View("", pose[0], pose[1]).c2w
         match = next(
             (
                 loc
-                for loc, c2w in poses
-                if cameras.poses_match(cameras.pose_from_c2w(c2w), pose)
-                and all(_cosine(c2w[:3, col], expected[:3, col]) >= ROLL_MIN_COSINE for col in (0, 1))
+                for loc, c2w, loc_pose in candidates
+                if cameras.poses_match(loc_pose, pose) and _roll_problem(c2w, pose) is None
             ),
             None,
         )
@@ -90,20 +84,12 @@ def select_views(meta: dict, variant: str, where: str) -> list[dict]:
             missing.append(f"{name} (azimuth {pose[0]:g}, elevation {pose[1]:g})")
         found.append(match)
     if missing:
-        present = ", ".join(
-            f"{loc['index']}: az {a:.1f} el {e:.1f}"
-            for loc, c2w in poses
-            for a, e in [cameras.pose_from_c2w(c2w)]
-        )
+        present = ", ".join(f"{loc['index']}: az {a:.1f} el {e:.1f}" for loc, _, (a, e) in candidates)
         raise DatasetError(
             f"{where}: no view with the pose (and roll) {variant} needs for {'; '.join(missing)}; "
             f"views present: [{present or 'none'}]. Re-render it with the ortho10 layout (mvtune render)."
         )
     return found
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
 
 def _read(path: Path, what: str, reader):
