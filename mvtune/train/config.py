@@ -485,6 +485,7 @@ def dump_config(cfg: TrainConfig) -> str:
 
 def split_lists(cfg: TrainConfig) -> dict[str, list[str]]:
     """Scene entries of the train and val splits: slices of data.scene_list, or the split files."""
+    from mvtune.data.splits import SPLIT_FILES
     from mvtune.data.validate import read_scene_list
 
     data = cfg.data
@@ -494,7 +495,7 @@ def split_lists(cfg: TrainConfig) -> dict[str, list[str]]:
         for name, indices in (("train", data.train_indices), ("val", data.val_indices)):
             out[name] = entries[slice(*indices)] if indices else list(entries)
         return out
-    return {name: read_scene_list(data.root / f"split_{name}.json") for name in ("train", "val")}
+    return {name: read_scene_list(data.root / SPLIT_FILES[name]) for name in ("train", "val")}
 
 
 def prior_list(cfg: TrainConfig) -> list[str]:

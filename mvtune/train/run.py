@@ -16,7 +16,7 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from mvtune.train.config import TrainConfig, TrainConfigError, check_config, dump_config, load_config
+from mvtune.train.config import TINY_BASE, TrainConfig, TrainConfigError, check_config, dump_config, load_config
 
 log = logging.getLogger(__name__)
 
@@ -355,13 +355,13 @@ def demo_config(
     resolution: int,
     strategy: str,
     seed: int,
-    base: str = "tiny",
+    base: str = TINY_BASE,
     adapter: Path | None = None,
     accelerator: str = "cpu",
 ) -> TrainConfig:
     """A short run on a dataset's train split. With the tiny random SDXL (default): CPU, fp32, big learning rate,
     no warm-up. With a real base model (a local diffusers folder) and GPU: bf16-mixed and the reference's lr."""
-    tiny = base == "tiny"
+    tiny = base == TINY_BASE
     return load_config(
         None,
         base={
@@ -387,7 +387,7 @@ def demo_training(
     resolution: int = 64,
     strategy: str = "adapter",
     seed: int = 0,
-    base: str = "tiny",
+    base: str = TINY_BASE,
     adapter: Path | None = None,
     accelerator: str = "cpu",
 ) -> Path:
@@ -421,6 +421,7 @@ def demo_sample(
     from PIL import Image
 
     from mvtune.data.loader import MultiviewDataset
+    from mvtune.data.splits import SPLIT_FILES
     from mvtune.data.validate import read_scene_list
     from mvtune.models.pipeline import MVAdapterPipeline
     from mvtune.render.files import write_json
@@ -432,9 +433,10 @@ def demo_sample(
     out.mkdir(parents=True, exist_ok=True)
     if object_id is None:
         for split in ("test", "val"):
-            path = dataset_dir / f"split_{split}.json"
-            if path.exists() and read_scene_list(path):
-                object_id = read_scene_list(path)[0]
+            path = dataset_dir / SPLIT_FILES[split]
+            entries = read_scene_list(path) if path.exists() else []
+            if entries:
+                object_id = entries[0]
                 break
         else:
             raise TrainConfigError(f"{dataset_dir} has no test or val split to pick a held-out object from")
