@@ -25,7 +25,6 @@ from mvtune.models.errors import MVAdapterError
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("t2mv", "tg2mv")
 # tg2mv is trained on exactly this view order; the row/column groups below depend on it.
 TG2MV_VIEWS = variant_views("tg2mv").names
 _ROW_VIEWS = [0, 1, 2, 3]  # front, right, back, left
@@ -251,7 +250,7 @@ def attach_mv_adapter(
     `cross_attention_kwargs={"num_views": N, "mv_scale": s}` to the UNet call.
     """
     if variant not in _PROCESSORS:
-        raise MVAdapterError(f"unknown MV-Adapter variant {variant!r}; expected one of {VARIANTS}")
+        raise MVAdapterError(f"unknown MV-Adapter variant {variant!r}; expected one of {tuple(_PROCESSORS)}")
     if variant == "tg2mv" and num_views != len(TG2MV_VIEWS):
         raise MVAdapterError(
             f"tg2mv needs num_views=6 in the order {TG2MV_VIEWS}, got {num_views}; use variant='t2mv' instead"

@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("adapter", "lora", "adapter+lora")
 TINY_BASE = "tiny"  # model.base value for the random tiny SDXL (tests, demo)
 
 
