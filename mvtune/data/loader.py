@@ -197,12 +197,17 @@ def position_maps(
     return out
 
 
-def plucker_maps(c2w: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(V, 6, H, W): per view the constant [look direction, normalised camera position], encoded (x+1)/2 (§3.7)."""
+def plucker_maps(c2w: torch.Tensor, height: int, width: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(V, 6, H, W): per view the constant [look direction, normalised camera position], encoded (x+1)/2 (§3.7).
+
+    Broadcast straight into ``out`` (allocated when None), with no full-size temporary.
+    """
     look = -c2w[:, :3, 2] / c2w[:, :3, 2].norm(dim=-1, keepdim=True)
     position = c2w[:, :3, 3] / c2w[:, :3, 3].norm(dim=-1, keepdim=True)
     values = ((torch.cat([look, position], dim=-1) + 1.0) / 2.0).clamp(0.0, 1.0)
-    return values[:, :, None, None].expand(-1, -1, height, width).contiguous()
+    if out is None:
+        out = torch.empty(len(values), 6, height, width)
+    return out.copy_(values[:, :, None, None].expand(-1, -1, height, width))
 
 
 def _background(value) -> tuple[float, float, float] | None:
@@ -359,7 +364,7 @@ class MultiviewDataset(Dataset):
             if views.mirrored:
                 normals[:, 0].neg_().add_(1.0)  # n_x -> -n_x; 1 - v keeps the 0.5 background
         else:
-            source.copy_(plucker_maps(c2w, self.height, self.width))
+            plucker_maps(c2w, self.height, self.width, out=source)
         return {
             "rgb": rgb,
             "source_rgb": source,
