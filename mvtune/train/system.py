@@ -28,7 +28,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.training_utils import EMAModel, compute_snr
 from PIL import Image
 
-from mvtune.models import attach_mv_adapter, encode_prompt, load_adapter, save_adapter, shift_snr_scheduler
+from mvtune.models import attach_mv_adapter, encode_prompt, load_adapter, mv_parameters, save_adapter
 from mvtune.models.pipeline import MVAdapterPipeline, load_sdxl_components, make_scheduler
 from mvtune.train.config import TINY_BASE, TrainConfig
 
@@ -149,9 +149,8 @@ class MVAdapterSystem(L.LightningModule):
             if touched:
                 raise ValueError(f"lora.target_modules reach the multi-view layers ({touched[:3]}); name base layers only")
         if cfg.trains_adapter():
-            for name, p in self.unet.named_parameters():
-                if "_mv" in name:
-                    p.requires_grad_(True)
+            for p in mv_parameters(self.unet):
+                p.requires_grad_(True)
             self.cond_encoder.requires_grad_(cfg.train_cond_encoder)
         for name, p in self.unet.named_parameters():
             if "lora_" in name:
@@ -162,7 +161,7 @@ class MVAdapterSystem(L.LightningModule):
 
     def _training_scheduler(self) -> DDPMScheduler:
         if self.cfg.model.shift_noise:
-            return shift_snr_scheduler(DDPMScheduler, self.base_scheduler_config, self.cfg.model.shift_scale)
+            return make_scheduler(self.base_scheduler_config, "ddpm", self.cfg.model.shift_scale)
         return DDPMScheduler.from_config(self.base_scheduler_config)
 
     # ---- set-up --------------------------------------------------------------------------------------------
@@ -347,7 +346,7 @@ class MVAdapterSystem(L.LightningModule):
         cfg, optim = self.cfg, self.cfg.optim
         groups = []
         if cfg.trains_adapter():
-            groups.append({"name": "unet", "params": [p for n, p in self.unet.named_parameters() if "_mv" in n], "lr": optim.lr})
+            groups.append({"name": "unet", "params": mv_parameters(self.unet), "lr": optim.lr})
             if cfg.train_cond_encoder:
                 groups.append({"name": "cond_encoder", "params": list(self.cond_encoder.parameters()), "lr": optim.cond_encoder_lr or optim.lr})
         if cfg.trains_lora():
