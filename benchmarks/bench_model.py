@@ -23,7 +23,7 @@ import time
 import torch
 from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
 
-from mvtune.models import attach_mv_adapter, mv_parameters, shift_snr_scheduler
+from mvtune.models import attach_mv_adapter, mv_parameters, sdxl_time_ids, shift_snr_scheduler
 from mvtune.models.configs import SDXL_UNET_CONFIG, TINY_UNET_CONFIG
 from mvtune.models.tiny import SDXL_SCHEDULER_CONFIG
 
@@ -43,7 +43,7 @@ def unet_inputs(config: dict, batch: int, resolution: int, device, dtype=torch.f
         "encoder_hidden_states": randn(batch, 77, config["cross_attention_dim"]),
         "added_cond_kwargs": {
             "text_embeds": randn(batch, pooled_dim),
-            "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch, device=device, dtype=dtype),
+            "time_ids": sdxl_time_ids(resolution, resolution).to(device, dtype).repeat(batch, 1),
         },
     }
 
