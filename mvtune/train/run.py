@@ -425,7 +425,7 @@ def demo_sample(
     from mvtune.data.validate import read_scene_list
     from mvtune.models.pipeline import MVAdapterPipeline
     from mvtune.render.files import write_json
-    from mvtune.train.system import LORA_FILE, image_grid, load_base_components
+    from mvtune.train.system import LORA_FILE, adapter_file, image_grid, load_base_components
 
     run_dir, dataset_dir = Path(run_dir), Path(dataset_dir)
     cfg = load_config(run_dir / "config.yaml")
@@ -441,7 +441,7 @@ def demo_sample(
         else:
             raise TrainConfigError(f"{dataset_dir} has no test or val split to pick a held-out object from")
     export = run_dir / EXPORT_DIR
-    adapter = export / f"mvadapter_{cfg.model.variant}.safetensors"
+    adapter = export / adapter_file(cfg.model.variant)
     pipe = MVAdapterPipeline.from_components(
         load_base_components(cfg.model.base, cfg.model.vae, cfg.trainer.seed),
         variant=cfg.model.variant,

@@ -39,6 +39,11 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
+def adapter_file(variant: str) -> str:
+    """The exported adapter's file name (released MV-Adapter format)."""
+    return f"mvadapter_{variant}.safetensors"
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; training stops so the last good checkpoint stays the newest."""
 
@@ -410,7 +415,7 @@ class MVAdapterSystem(L.LightningModule):
         with self.ema_weights():
             if self.cfg.trains_adapter():
                 out["adapter"] = save_adapter(
-                    Path(out_dir) / f"mvadapter_{self.cfg.model.variant}.safetensors", self.unet, self.cond_encoder
+                    Path(out_dir) / adapter_file(self.cfg.model.variant), self.unet, self.cond_encoder
                 )
             if self.cfg.trains_lora():
                 out["lora"] = save_lora(Path(out_dir) / LORA_FILE, self.unet)
