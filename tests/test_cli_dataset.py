@@ -1,25 +1,14 @@
 """The dataset commands chained as a user runs them: samples -> augment -> render -> split -> validate."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
 
 
-def mvtune(*args, expect=0):
-    result = subprocess.run([sys.executable, "-m", "mvtune.cli", *map(str, args)], capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == expect, result.stderr
-    return result
-
-
-def test_augment_render_split_validate_and_leakage(tmp_path):
+def test_augment_render_split_validate_and_leakage(tmp_path, cli):
     meshes = tmp_path / "meshes"
-    mvtune("samples", meshes, "--count", "4")
-    mvtune("augment", meshes, meshes / "aug", "--copies", "1", "--seed", "3")
+    cli("samples", meshes, "--count", "4")
+    cli("augment", meshes, meshes / "aug", "--copies", "1", "--seed", "3")
     data = tmp_path / "ds"
-    mvtune("render", meshes, data, "--resolution", "48", "--workers", "2")
+    cli("render", meshes, data, "--resolution", "48", "--workers", "2")
     ids = json.loads((data / "scene_list.json").read_text())
     assert len(ids) == 8
     manifest = json.loads((data / "manifest.json").read_text())["objects"]
@@ -28,14 +17,14 @@ def test_augment_render_split_validate_and_leakage(tmp_path):
         parent = manifest[copy]["parent"]
         assert manifest[copy]["group"] == manifest[parent]["source_sha256"]
 
-    out = mvtune("dataset", "split", data, "--val", "0.25", "--test", "0.25", "--seed", "1")
+    out = cli("dataset", "split", data, "--val", "0.25", "--test", "0.25", "--seed", "1")
     assert "source groups" in out.stderr
     splits = {name: json.loads((data / f"split_{name}.json").read_text()) for name in ("train", "val", "test")}
     assert sorted(sum(splits.values(), [])) == sorted(ids)
     for copy in copies:
         parent = manifest[copy]["parent"]
         assert [n for n, s in splits.items() if copy in s] == [n for n, s in splits.items() if parent in s]
-    mvtune("dataset", "validate", data)
+    cli("dataset", "validate", data)
 
     # move one augmented copy into another split than its source: validation must call it a leak
     copy = copies[0]
@@ -45,12 +34,12 @@ def test_augment_render_split_validate_and_leakage(tmp_path):
     splits[other].append(copy)
     for name, members in splits.items():
         (data / f"split_{name}.json").write_text(json.dumps(members))
-    bad = mvtune("dataset", "validate", data, expect=1)
+    bad = cli("dataset", "validate", data, expect=1)
     assert "split-leakage" in json.loads((data / "validation_report.json").read_text())["counts"].__repr__()
     assert copy in bad.stderr or manifest[copy]["parent"] in bad.stderr
 
 
-def test_bad_option_values_exit_2_naming_the_option(tmp_path):
+def test_bad_option_values_exit_2_naming_the_option(tmp_path, cli):
     meshes = tmp_path / "meshes"
     cases = [
         (("samples", meshes, "--count", "-3"), "--count"),
@@ -61,11 +50,11 @@ def test_bad_option_values_exit_2_naming_the_option(tmp_path):
         (("augment", tmp_path, tmp_path / "a", "--saturation", "2"), "--saturation"),
     ]
     for args, option in cases:
-        result = mvtune(*args, expect=2)
+        result = cli(*args, expect=2)
         assert option in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
     assert not meshes.exists()
     blocker = tmp_path / "file"
     blocker.write_text("")
-    result = mvtune("samples", blocker / "sub", expect=2)
+    result = cli("samples", blocker / "sub", expect=2)
     assert "cannot write" in result.stderr

@@ -1,7 +1,6 @@
 """`mvtune generate` end to end on the tiny random SDXL (64 px, 2 steps): files, record, batch, LoRA, errors."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,15 +21,6 @@ from mvtune.generate import (
 
 pytestmark = pytest.mark.gl
 SAMPLING = SamplingConfig(steps=2, resolution=64)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory) -> Path:
-    from mvtune.models import build_tiny_sdxl
-
-    path = tmp_path_factory.mktemp("tiny") / "sdxl"
-    build_tiny_sdxl(path, seed=0)
-    return path
 
 
 @pytest.fixture(scope="module")

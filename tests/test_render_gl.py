@@ -38,13 +38,6 @@ def flat_texture(rgb, size=16) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def ctx():
-    context = gl.create_context()
-    yield context
-    context.release()
-
-
-@pytest.fixture(scope="module")
 def studio(ctx):
     return Renderer(RES, lighting="studio", ctx=ctx)
 

@@ -15,7 +15,6 @@ import pytest
 import yaml
 
 from slurm_cluster import FINAL_STATES, available, slurm_cluster
-from test_train_config import render_ducks
 
 from mvtune.train.run import checkpoint_step
 
@@ -31,11 +30,6 @@ FIRST_CHECKPOINT = 5  # signal once checkpoints/step=0000005.ckpt exists: traini
 def cluster():
     with slurm_cluster() as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def ducks(tmp_path_factory) -> Path:
-    return render_ducks(tmp_path_factory.mktemp("ducks"))
 
 
 def _wait_for(predicate, timeout: float, what: str, cluster, job: str, out: Path):

@@ -139,16 +139,14 @@ def test_a_failure_late_in_the_run_writes_nothing(tmp_path, sample_meshes_dir, v
     assert list(tmp_path.iterdir()) == []
 
 
-def test_prompt_generates_the_views_first(tmp_path, sample_meshes_dir):
+def test_prompt_generates_the_views_first(tmp_path, sample_meshes_dir, tiny_base):
     from mvtune.generate import ModelConfig, SamplingConfig
-    from mvtune.models import build_tiny_sdxl
 
-    build_tiny_sdxl(tmp_path / "tiny", seed=0)
     out = tmp_path / "out"
     out.mkdir()
     cfg = TextureConfig(
         mesh=sample_meshes_dir / "duck_blue.glb", prompt="a blue duck", out=out / "duck.glb",
-        models=ModelConfig(base_model=tmp_path / "tiny"), sampling=SamplingConfig(steps=2, resolution=64),
+        models=ModelConfig(base_model=tiny_base), sampling=SamplingConfig(steps=2, resolution=64),
         bake=BakeOptions(texture_size=128), turntable=False,
     )
     record = texture_mesh(cfg)

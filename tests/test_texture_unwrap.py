@@ -7,18 +7,10 @@ import pytest
 import trimesh
 
 from mvtune.meshes import Mesh, MeshPart, load_mesh, normalize_mesh
-from mvtune.render import create_context
 from mvtune.texture import unwrap
 from mvtune.texture.unwrap import TextureError, UnwrapConfig, check_uvs, prepare_uv_mesh
 
 pytestmark = pytest.mark.gl
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    context = create_context()
-    yield context
-    context.release()
 
 
 def _sphere(subdivisions=3) -> Mesh:

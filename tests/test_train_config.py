@@ -7,35 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import USER_YAML
 from mvtune.train.config import TrainConfigError, check_config, dump_config, load_config
-
-USER_YAML = Path(__file__).resolve().parents[2] / "shared" / "examples" / "user-tg2mv-finetune.yaml"
-RES = 64
-
-
-def render_ducks(base: Path) -> Path:
-    """The 7 procedural ducks rendered at 64 px (Ortho10View layout) with train/val/test splits."""
-    from mvtune.data.splits import split_dataset
-    from mvtune.meshes import write_sample_meshes
-    from mvtune.render.dataset import RenderConfig, render_dataset
-
-    write_sample_meshes(base / "meshes")
-    summary = render_dataset(RenderConfig(input=base / "meshes", out_dir=base / "ds", resolution=RES))
-    assert summary.failed == 0, summary.errors
-    split_dataset(base / "ds", val=0.2, test=0.2, seed=0)
-    return base / "ds"
-
-
-@pytest.fixture(scope="module")
-def ducks(tmp_path_factory) -> Path:
-    return render_ducks(tmp_path_factory.mktemp("ducks"))
-
-
-@pytest.fixture(scope="module")
-def user_yaml() -> Path:
-    if not USER_YAML.is_file():
-        pytest.skip(f"users' example config not found at {USER_YAML}")
-    return USER_YAML
 
 
 def dataset_overrides(ds: Path) -> list[str]:

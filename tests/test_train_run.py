@@ -14,14 +14,9 @@ import yaml
 
 from mvtune.train.config import TrainConfigError
 from mvtune.train.run import checkpoint_step, demo_sample, demo_training, train_from_cli
-from test_train_config import USER_YAML, dataset_overrides, render_ducks
+from test_train_config import dataset_overrides
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def ducks(tmp_path_factory) -> Path:
-    return render_ducks(tmp_path_factory.mktemp("ducks"))
 
 
 def tiny_overrides(out: Path, steps: int) -> list[str]:
@@ -31,14 +26,12 @@ def tiny_overrides(out: Path, steps: int) -> list[str]:
             "validation.num_objects=0", "validation.sanity_steps=0", f"output.dir={out}", "output.name=run"]
 
 
-def test_cli_entry_refuses_the_users_view_mistake_and_trains_once_fixed(ducks, tmp_path):
-    if not USER_YAML.is_file():
-        pytest.skip("users' example config not found")
+def test_cli_entry_refuses_the_users_view_mistake_and_trains_once_fixed(user_yaml, ducks, tmp_path):
     overrides = dataset_overrides(ducks) + tiny_overrides(tmp_path, 2)
     with pytest.raises(TrainConfigError, match="view 0004 is fed as the top view"):
-        train_from_cli(USER_YAML, overrides, resume=None)
+        train_from_cli(user_yaml, overrides, resume=None)
     assert not (tmp_path / "run").exists()  # refused before anything was created
-    run = train_from_cli(USER_YAML, overrides + ['data.image_names=["0000","0001","0002","0003","0008","0009"]'], None)
+    run = train_from_cli(user_yaml, overrides + ['data.image_names=["0000","0001","0002","0003","0008","0009"]'], None)
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["image_names"][4:] == ["0008", "0009"]
 

@@ -13,14 +13,8 @@ from mvtune.train.config import load_config
 from mvtune.train.data import TrainDataModule, collate_train
 from mvtune.train.run import find_resume_checkpoint, train
 from mvtune.train.system import LORA_FILE, MVAdapterSystem, NonFiniteLossError, step_generator
-from test_train_config import render_ducks
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def ducks(tmp_path_factory) -> Path:
-    return render_ducks(tmp_path_factory.mktemp("ducks"))
 
 
 @pytest.fixture(scope="module")
