@@ -280,7 +280,7 @@ def augment_meshes(
     import trimesh
 
     from mvtune.render.dataset import assign_ids, discover_meshes, read_sidecars, source_hash
-    from mvtune.render.files import atomic_write
+    from mvtune.render.files import atomic_write, write_json
 
     if copies < 1:
         raise AugmentError(f"copies must be >= 1, got {copies}")
@@ -310,31 +310,32 @@ def augment_meshes(
                 scene = trimesh.load(str(src), force="scene", process=False)
                 changed = jitter_scene(scene, params)
                 glb = scene.export(file_type="glb")
-                # Atomic: a torn .glb left by a crash would be picked up by `mvtune render` as a mesh.
+                entry = {"id": object_id, "parent": parent_id, "source": str(src), "augmentation": params,
+                         "colour_sources": changed, "review": []}
+                if changed == 0:
+                    entry["review"].append("mesh has no textures or colours: the copy looks like its source")
+                if caption is not None:
+                    new_caption, review = adjust_caption(caption, params["hue"], params["saturation"])
+                    text = new_caption + "\n"
+                    atomic_write(out / f"{object_id}.txt", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+                    entry |= {"caption_before": caption, "caption_after": new_caption}
+                    entry["review"] += review
+                write_json(out / f"{object_id}.json", {
+                    "group": group,
+                    "parent": parent_id,
+                    "concept": sidecar.get("concept"),
+                    "licence": sidecar.get("licence", sidecar.get("license")),
+                    "generator": "mvtune augment colour-jitter",
+                    "augmentation": params,
+                })
+                # The mesh last and atomic: `mvtune render` picks up any .glb, and must never find a torn one or
+                # one without its group/parent sidecar (that copy could land in another split than its source).
                 atomic_write(out / f"{object_id}.glb", lambda tmp: Path(tmp).write_bytes(glb))
             except Exception as exc:  # one unreadable mesh must not stop the batch
                 report["failed"].append({"source": str(src), "reason": f"{type(exc).__name__}: {exc}"})
                 log.error("augment %s: %s", src, exc)
                 break
-            entry = {"id": object_id, "parent": parent_id, "source": str(src), "augmentation": params,
-                     "colour_sources": changed, "review": []}
-            if changed == 0:
-                entry["review"].append("mesh has no textures or colours: the copy looks like its source")
-            if caption is not None:
-                new_caption, review = adjust_caption(caption, params["hue"], params["saturation"])
-                (out / f"{object_id}.txt").write_text(new_caption + "\n", encoding="utf-8")
-                entry |= {"caption_before": caption, "caption_after": new_caption}
-                entry["review"] += review
-            sidecar_out = {
-                "group": group,
-                "parent": parent_id,
-                "concept": sidecar.get("concept"),
-                "licence": sidecar.get("licence", sidecar.get("license")),
-                "generator": "mvtune augment colour-jitter",
-                "augmentation": params,
-            }
-            (out / f"{object_id}.json").write_text(json.dumps(sidecar_out, indent=2) + "\n", encoding="utf-8")
             report["objects"].append(entry)
     report["needs_review"] = [e["id"] for e in report["objects"] if e["review"]]
-    (out / "augment_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(out / "augment_report.json", report)
     return report

@@ -74,6 +74,8 @@ def split_dataset(
 ) -> dict:
     """Write ``split_train.json``, ``split_val.json``, ``split_test.json`` (JSON arrays of ids) and
     ``split_report.json`` next to the dataset; returns the report (counts, groups, concepts, files)."""
+    from mvtune.render.files import write_json
+
     root = Path(root)
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise SplitError(f"val={val} and test={test} must be fractions in [0, 1) that sum to less than 1")
@@ -116,7 +118,7 @@ def split_dataset(
     files = {}
     for name, file in SPLIT_FILES.items():
         split_ids = sorted(assigned[name], key=order.__getitem__)
-        (root / file).write_text(json.dumps(split_ids, indent=1) + "\n", encoding="utf-8")
+        write_json(root / file, split_ids)
         files[name] = str(root / file)
     report = {
         "root": str(root),
@@ -130,7 +132,7 @@ def split_dataset(
         "not_in_manifest": unknown,
         "files": files,
     }
-    (root / SPLIT_REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(root / SPLIT_REPORT, report)
     return report
 
 
