@@ -90,7 +90,7 @@ def render(
     up: str = typer.Option("y", help="Source up axis: 'y' (glTF and most exports) or 'z'."),
     seed: int = typer.Option(0, help="Seed for random layouts (rand6)."),
     position: bool = typer.Option(False, help="Also write position_NNNN.exr (world XYZ)."),
-    max_texture_pixels: int = typer.Option(64 * 1024 * 1024, help="Refuse textures larger than this (decompression-bomb guard)."),
+    max_texture_pixels: Optional[int] = typer.Option(None, help="Refuse textures larger than this many pixels (decompression-bomb guard; default 8192x8192)."),
 ) -> None:
     """Render meshes into an Objaverse-Ortho10View / Rand6View-format dataset."""
     from pydantic import ValidationError
@@ -101,7 +101,7 @@ def render(
         cfg = RenderConfig(
             input=input, out_dir=out_dir, layout=layout, resolution=resolution, workers=workers,
             captions=captions, lighting=lighting, up=up, seed=seed, position=position,
-            max_texture_pixels=max_texture_pixels,
+            **({} if max_texture_pixels is None else {"max_texture_pixels": max_texture_pixels}),
         )
     except ValidationError as exc:
         _fail(_validation_message(exc, as_options=True))

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mvtune import cameras
 from mvtune.data import augment, cache
 # The roll rule and the background threshold are the validator's, so validation and loading cannot disagree.
-from mvtune.data.validate import DEPTH_BACKGROUND, _roll_problem, read_scene_list, scene_dir, scene_id
+from mvtune.data.validate import DEPTH_BACKGROUND, roll_problem, read_scene_list, scene_dir, scene_id
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def select_views(meta: dict, variant: str, where: str) -> list[dict]:
             (
                 loc
                 for loc, c2w, loc_pose in candidates
-                if cameras.poses_match(loc_pose, pose) and _roll_problem(c2w, pose) is None
+                if cameras.poses_match(loc_pose, pose) and roll_problem(c2w, pose) is None
             ),
             None,
         )

@@ -129,7 +129,7 @@ def check_view_layout(meta: dict, variant: str, image_names: list[str]) -> list[
                 f"{describe_pose(expected)}, but it has {describe_pose(found)}{fix}"
             )
             continue
-        roll = _roll_problem(np.asarray(loc["transform_matrix"], dtype=np.float64), expected)
+        roll = roll_problem(np.asarray(loc["transform_matrix"], dtype=np.float64), expected)
         if roll:
             problems.append(f"view {index} ({name}): {roll}")
     if problems:
@@ -147,7 +147,7 @@ def _find_index(by_index: dict, pose: tuple[float, float]) -> str | None:
     return None
 
 
-def _roll_problem(c2w: np.ndarray, pose: tuple[float, float]) -> str | None:
+def roll_problem(c2w: np.ndarray, pose: tuple[float, float]) -> str | None:
     """Right/up axes must match the reference construction; at the poles this fixes the image roll (§4.1)."""
     expected = cameras.View("", pose[0], pose[1]).c2w
     for col, axis in ((0, "image-right"), (1, "image-up")):

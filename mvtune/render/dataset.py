@@ -30,11 +30,11 @@ from urllib.parse import unquote
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mvtune import __version__, cameras
+from mvtune.meshes.load import DEFAULT_MAX_TEXTURE_PIXELS, SUPPORTED_EXTENSIONS
 from mvtune.render.files import write_json
 
 log = logging.getLogger(__name__)
 
-MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply")
 DONE_MARKER = ".mvtune-done.json"
 OBJECT_RECORD = "provenance.json"
 SCENE_LIST = "scene_list.json"
@@ -64,7 +64,7 @@ class RenderConfig(BaseModel):
     up: Literal["y", "z"] = "y"
     seed: int = 0
     position: bool = False
-    max_texture_pixels: int = Field(64 * 1024 * 1024, ge=1)
+    max_texture_pixels: int = Field(DEFAULT_MAX_TEXTURE_PIXELS, ge=1)
 
     @field_validator("layout")
     @classmethod
@@ -119,11 +119,11 @@ def discover_meshes(input_path: Path) -> list[Path]:
     if not input_path.exists():
         raise DatasetWriteError(f"input {input_path} does not exist")
     if input_path.is_dir():
-        found = sorted(p for p in input_path.rglob("*") if p.is_file() and p.suffix.lower() in MESH_SUFFIXES)
+        found = sorted(p for p in input_path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
         if not found:
-            raise DatasetWriteError(f"no meshes ({', '.join(MESH_SUFFIXES)}) found under {input_path}")
+            raise DatasetWriteError(f"no meshes ({', '.join(SUPPORTED_EXTENSIONS)}) found under {input_path}")
         return found
-    if input_path.suffix.lower() in MESH_SUFFIXES:
+    if input_path.suffix.lower() in SUPPORTED_EXTENSIONS:
         return [input_path]
     if input_path.suffix.lower() in (".txt", ".lst", ".list"):
         paths = []
@@ -136,7 +136,7 @@ def discover_meshes(input_path: Path) -> list[Path]:
             raise DatasetWriteError(f"list file {input_path} names no meshes")
         return paths
     raise DatasetWriteError(
-        f"input {input_path}: expected a mesh ({', '.join(MESH_SUFFIXES)}), a folder or a .txt list of paths"
+        f"input {input_path}: expected a mesh ({', '.join(SUPPORTED_EXTENSIONS)}), a folder or a .txt list of paths"
     )
 
 
