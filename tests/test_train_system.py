@@ -384,3 +384,11 @@ def test_warmup_schedule_matches_linear_then_constant():
         reference.step()
         linear.step()
     assert math.isclose(warmup_factor(10_000, 10, 1e-6), 1.0)
+
+
+@pytest.mark.parametrize("shift_noise", [True, False])
+def test_validation_samples_on_the_training_schedule(ducks, tmp_path, shift_noise):
+    system = MVAdapterSystem(tiny_config(ducks, tmp_path, model={"shift_noise": shift_noise}))
+    sampling = system.pipeline().scheduler
+    assert type(sampling).__name__ == "DDPMScheduler"
+    torch.testing.assert_close(sampling.alphas_cumprod, system.noise_scheduler.alphas_cumprod)

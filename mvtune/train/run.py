@@ -447,7 +447,7 @@ def demo_sample(
         variant=cfg.model.variant,
         adapter=adapter if adapter.exists() else cfg.model.adapter,
         scheduler="ddpm",
-        shift_scale=cfg.model.shift_scale,
+        shift_scale=cfg.model.shift_scale if cfg.model.shift_noise else 1.0,  # 1: ShiftSNR leaves SNR as it is
     )
     if (export / LORA_FILE).exists():
         pipe.unet.load_lora_adapter(str(export / LORA_FILE), prefix="unet")

@@ -432,7 +432,7 @@ class MVAdapterSystem(L.LightningModule):
             tokenizer=self.tokenizers[0],
             tokenizer_2=self.tokenizers[1],
             unet=self.unet,
-            scheduler=make_scheduler(self.base_scheduler_config, "ddpm", self.cfg.model.shift_scale),
+            scheduler=self._training_scheduler(),  # sample on the schedule the model is trained on
             cond_encoder=self.cond_encoder,
         )
 
