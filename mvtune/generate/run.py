@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mvtune import __version__
 from mvtune.generate.conditions import ConditionMaps, condition_maps, load_normalized
 from mvtune.meshes import Mesh
+from mvtune.models import DEFAULT_NEGATIVE_PROMPT
 from mvtune.render.dataset import sha256_file
 from mvtune.render.files import atomic_write, write_json
 
@@ -41,8 +42,6 @@ VARIANT = "tg2mv"
 RECORD = "generate.json"
 ERRORS = "errors.jsonl"
 BATCH_SUMMARY = "batch_summary.json"
-#: MV-Adapter's inference negative prompt (spec mvadapter-model §7).
-NEGATIVE_PROMPT = "watermark, ugly, deformed, noisy, blurry, low contrast"
 
 
 class GenerateError(Exception):
@@ -72,7 +71,7 @@ class SamplingConfig(BaseModel):
 
     steps: int = Field(50, ge=1, le=1000)
     guidance: float = Field(7.0, ge=0.0)
-    negative_prompt: str | None = NEGATIVE_PROMPT
+    negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT
     resolution: int = Field(768, ge=32, le=2048)
     mv_scale: float = 1.0
     control_scale: float = 1.0

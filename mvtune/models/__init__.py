@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import importlib
 
+#: MV-Adapter's inference negative prompt (spec mvadapter-model §7); here so torch-free configs can use it.
+DEFAULT_NEGATIVE_PROMPT = "watermark, ugly, deformed, noisy, blurry, low contrast"
+
 _EXPORTS = {
     "attach_mv_adapter": "attention",
     "mv_parameters": "attention",

@@ -27,13 +27,13 @@ from PIL import Image
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from mvtune.models.adapter_io import load_adapter
+from mvtune.models import DEFAULT_NEGATIVE_PROMPT
 from mvtune.models.attention import attach_mv_adapter
 from mvtune.models.errors import MVAdapterError
 from mvtune.models.schedule import shift_snr_scheduler
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_NEGATIVE_PROMPT = "watermark, ugly, deformed, noisy, blurry, low contrast"
 SCHEDULERS = {"euler": EulerDiscreteScheduler, "ddpm": DDPMScheduler}
 
 
