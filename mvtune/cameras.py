@@ -83,6 +83,15 @@ def pose_from_c2w(c2w: np.ndarray) -> tuple[float, float]:
     return wrap_degrees(world_az + AZIMUTH_SHIFT_DEG), elevation
 
 
+def plucker_vectors(c2w: np.ndarray) -> np.ndarray:
+    """t2mv camera conditioning (spec §3.7): per view the constant [look direction, unit camera position],
+    encoded (x + 1) / 2 into [0, 1]; (V, 6) from (V, 4, 4) Blender camera-to-world matrices."""
+    c2w = np.asarray(c2w, dtype=np.float64)
+    look = -c2w[:, :3, 2] / np.linalg.norm(c2w[:, :3, 2], axis=-1, keepdims=True)
+    position = c2w[:, :3, 3] / np.linalg.norm(c2w[:, :3, 3], axis=-1, keepdims=True)
+    return np.clip((np.concatenate([look, position], axis=-1) + 1.0) / 2.0, 0.0, 1.0)
+
+
 def wrap_degrees(angle: float) -> float:
     """Angle in [0, 360)."""
     wrapped = angle % 360.0

@@ -202,9 +202,7 @@ def plucker_maps(c2w: torch.Tensor, height: int, width: int, out: torch.Tensor |
 
     Broadcast straight into ``out`` (allocated when None), with no full-size temporary.
     """
-    look = -c2w[:, :3, 2] / c2w[:, :3, 2].norm(dim=-1, keepdim=True)
-    position = c2w[:, :3, 3] / c2w[:, :3, 3].norm(dim=-1, keepdim=True)
-    values = ((torch.cat([look, position], dim=-1) + 1.0) / 2.0).clamp(0.0, 1.0)
+    values = torch.from_numpy(cameras.plucker_vectors(c2w.numpy())).float()
     if out is None:
         out = torch.empty(len(values), 6, height, width)
     return out.copy_(values[:, :, None, None].expand(-1, -1, height, width))

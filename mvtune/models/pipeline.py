@@ -27,6 +27,7 @@ from PIL import Image
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from mvtune.models.adapter_io import load_adapter
+from mvtune import cameras
 from mvtune.models import DEFAULT_NEGATIVE_PROMPT
 from mvtune.models.attention import attach_mv_adapter
 from mvtune.models.errors import MVAdapterError
@@ -73,10 +74,7 @@ def plucker_condition_maps(c2w: torch.Tensor | np.ndarray, height: int, width: i
 
     c2w: [V, 4, 4] camera-to-world in Blender camera axes (the camera looks along its -Z).
     """
-    c2w = torch.as_tensor(np.asarray(c2w), dtype=torch.float32)
-    look = torch.nn.functional.normalize(-c2w[:, :3, 2], dim=-1)
-    position = torch.nn.functional.normalize(c2w[:, :3, 3], dim=-1)
-    encoded = ((torch.cat([look, position], dim=-1) + 1) / 2).clamp(0, 1)
+    encoded = torch.from_numpy(cameras.plucker_vectors(np.asarray(c2w))).float()
     return encoded[:, :, None, None].expand(-1, -1, height, width).contiguous()
 
 
