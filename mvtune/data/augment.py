@@ -280,7 +280,7 @@ def augment_meshes(
     import trimesh
 
     from mvtune.render.dataset import assign_ids, discover_meshes, read_sidecars, source_hash
-    from mvtune.render.files import atomic_write, write_json
+    from mvtune.storage import atomic_write, write_json
 
     if copies < 1:
         raise AugmentError(f"copies must be >= 1, got {copies}")

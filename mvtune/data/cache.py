@@ -62,7 +62,7 @@ def write_cache(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, s
     """Atomic write, so concurrent DataLoader workers never read half a file."""
     from safetensors.numpy import save_file
 
-    from mvtune.render.files import atomic_write
+    from mvtune.storage import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}

@@ -74,7 +74,7 @@ def split_dataset(
 ) -> dict:
     """Write ``split_train.json``, ``split_val.json``, ``split_test.json`` (JSON arrays of ids) and
     ``split_report.json`` next to the dataset; returns the report (counts, groups, concepts, files)."""
-    from mvtune.render.files import write_json
+    from mvtune.storage import write_json
 
     root = Path(root)
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):

@@ -33,8 +33,7 @@ from mvtune import __version__
 from mvtune.generate.conditions import ConditionMaps, condition_maps, load_normalized
 from mvtune.meshes import Mesh
 from mvtune.models import DEFAULT_NEGATIVE_PROMPT
-from mvtune.render.dataset import sha256_file
-from mvtune.render.files import atomic_write, write_json
+from mvtune.storage import atomic_write, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 

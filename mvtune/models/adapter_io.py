@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mvtune.models.errors import AdapterLoadError
-from mvtune.render.files import atomic_write
+from mvtune.storage import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def adapter_state_dict(unet: UNet2DConditionModel, cond_encoder: T2IAdapter) -> 
 
 
 def save_adapter(path: str | os.PathLike, unet: UNet2DConditionModel, cond_encoder: T2IAdapter) -> Path:
-    """Write the adapter atomically (see render.files.atomic_write), tensors in their current dtype."""
+    """Write the adapter atomically (see storage.atomic_write), tensors in their current dtype."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in adapter_state_dict(unet, cond_encoder).items()}

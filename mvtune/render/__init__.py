@@ -1,13 +1,11 @@
 """Render meshes into MV-Adapter's per-view maps (colour, depth, world normal, position) and files."""
 
 from mvtune.render.files import (
-    atomic_write,
     build_meta,
     read_depth_exr,
     read_webp_rgba,
     write_color_webp,
     write_depth_exr,
-    write_json,
     write_normal_webp,
     write_position_exr,
     write_view_files,
@@ -21,7 +19,6 @@ __all__ = [
     "RenderError",
     "Renderer",
     "ViewImages",
-    "atomic_write",
     "build_meta",
     "create_context",
     "easylight_sh",
@@ -29,7 +26,6 @@ __all__ = [
     "read_webp_rgba",
     "write_color_webp",
     "write_depth_exr",
-    "write_json",
     "write_normal_webp",
     "write_position_exr",
     "write_view_files",

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mvtune import __version__, cameras
 from mvtune.meshes.load import DEFAULT_MAX_TEXTURE_PIXELS, SUPPORTED_EXTENSIONS
-from mvtune.render.files import write_json
+from mvtune.storage import sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +154,6 @@ def assign_ids(paths: Iterable[Path]) -> dict[str, Path]:
 
 def object_dir(root: Path, object_id: str) -> Path:
     return root / object_id[:2] / object_id
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def source_files(path: Path) -> list[Path]:

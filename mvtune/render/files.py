@@ -6,15 +6,12 @@
   the reference loader, spec §2.2), ZIP compression;
 - meta.json: exactly BPY's schema (spec §2.4).
 
-Every write goes to a temporary file in the target directory and is renamed into place, so a killed job never
-leaves a half-written file under the final name. The same input always gives the same bytes.
+Every write goes through mvtune.storage.atomic_write, so a killed job never leaves a half-written file under
+the final name. The same input always gives the same bytes.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from mvtune.cameras import View
+from mvtune.storage import atomic_write
 
 #: Lossless WebP settings chosen by measurement (benchmarks/RESULTS.md, "Render (issue 2)"). Lossless
 #: "quality" is encoder effort. At 1024², method 0 quality 75 encodes 3-5x faster than method >= 1 and ~1.6x
@@ -30,28 +28,6 @@ from mvtune.cameras import View
 WEBP_LOSSLESS = {"lossless": True, "quality": 75, "method": 0}
 #: ZIP (zlib, 16 scanlines per block): small and deterministic; see RESULTS.md for the alternatives measured.
 EXR_COMPRESSION = "ZIP_COMPRESSION"
-
-
-#: The process umask, read once at import (os.umask can only be read by setting it, which is not thread-safe).
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
-    """Call writer(tmp_path) on a temporary file next to path, then rename it to path."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer(tmp)
-        # mkstemp creates 0600 files; a dataset must be readable like any other file (e.g. by a training account).
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _check_rgba(rgba: np.ndarray, what: str) -> np.ndarray:
@@ -134,12 +110,6 @@ def build_meta(views: Sequence[View], resolution: int) -> dict:
             for view in views
         ],
     }
-
-
-def write_json(path: str | Path, data) -> Path:
-    """Atomically write JSON (meta.json, records, indexes): readers never see half a file."""
-    text = json.dumps(data, indent=2) + "\n"
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def write_view_files(out_dir: str | Path, index: str, images, position: bool = False) -> dict[str, float]:

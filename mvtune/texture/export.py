@@ -23,8 +23,7 @@ from mvtune import cameras
 from mvtune.cameras import View
 from mvtune.generate.run import RECORD, VARIANT, GenerateConfig, GenerateError, ModelConfig, SamplingConfig, generate
 from mvtune.render import Renderer
-from mvtune.render.dataset import sha256_file
-from mvtune.render.files import atomic_write, write_json
+from mvtune.storage import atomic_write, sha256_file, write_json
 from mvtune.texture.bake import BakeOptions, as_render_mesh, bake_texture
 from mvtune.texture.unwrap import TextureError, UnwrapConfig, UVMesh, prepare_uv_mesh
 

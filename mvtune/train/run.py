@@ -150,7 +150,7 @@ def _lightning_pieces():
     from lightning.pytorch import Callback
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-    from mvtune.render.files import atomic_write
+    from mvtune.storage import atomic_write
 
     class AtomicCheckpointIO(TorchCheckpointIO):
         """Checkpoints are written to a temp file and renamed, so a kill never leaves a torn file behind;
@@ -328,7 +328,7 @@ def train(
     finally:
         summary["seconds"] = round(time.time() - started, 2)
         if rank == 0:
-            from mvtune.render.files import write_json
+            from mvtune.storage import write_json
 
             write_json(run_dir / "summary.json", summary)
         for name in ("mvtune", "lightning"):
@@ -424,7 +424,7 @@ def demo_sample(
     from mvtune.data.splits import SPLIT_FILES
     from mvtune.data.validate import read_scene_list
     from mvtune.models.pipeline import MVAdapterPipeline
-    from mvtune.render.files import write_json
+    from mvtune.storage import write_json
     from mvtune.train.system import LORA_FILE, adapter_file, image_grid, load_base_components
 
     run_dir, dataset_dir = Path(run_dir), Path(dataset_dir)
