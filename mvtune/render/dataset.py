@@ -270,7 +270,7 @@ def write_object_views(renderer, mesh, views, obj_dir: Path, position: bool = Fa
     else:
         for view, image in zip(views, images):
             add(files.write_view_files(obj_dir, view.index, image, position))
-    files.write_json(obj_dir / "meta.json", files.build_meta(views, renderer.resolution))
+    write_json(obj_dir / "meta.json", files.build_meta(views, renderer.resolution))
     return {**renderer.last_timings, **timings}
 
 
@@ -329,7 +329,7 @@ def render_dataset(cfg: RenderConfig, on_progress: Callable[[int, int, str], Non
         write_json(out / "render_config.json", json.loads(cfg.model_dump_json()))
     except OSError as exc:
         raise DatasetWriteError(f"cannot write to output folder {out}: {exc}") from None
-    for leftover in out.glob(".*.tmp"):  # temp files of a run killed mid-write (see files.atomic_write)
+    for leftover in out.glob(".*.tmp"):  # temp files of a run killed mid-write (see storage.atomic_write)
         leftover.unlink(missing_ok=True)
     captions_override = _load_captions(cfg.captions) if cfg.captions else {}
 
