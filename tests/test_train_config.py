@@ -125,3 +125,184 @@ def test_scheduler_whose_milestone_cuts_the_warmup_is_refused(tmp_path, user_yam
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(TrainConfigError, match="linear warm-up then constant"):
         load_config(path)
+
+
+# ---- MV-Adapter's published configs -------------------------------------------------------------------------
+# The key structure of each training config in MV-Adapter's repository (configs/geometry-guidance/*.yaml,
+# configs/view-guidance/*.yaml), written out here as data; values are the published ones where mvtune reads them.
+
+_TEXT_SDXL = "mvadapter.systems.mvadapter_text_sdxl.MVAdapterTextSDXLSystem"
+_ROW_COL = "mvadapter.models.attention_processor.DecoupledMVRowColSelfAttnProcessor2_0"
+_ROW = "mvadapter.models.attention_processor.DecoupledMVRowSelfAttnProcessor2_0"
+
+
+def published_config(kind: str) -> dict:
+    """kind: tg2mv_sdxl, ig2mv_sdxl, ig2mv_partialimg_sdxl, t2mv_sdxl, t2mv_sd21, i2mv_sdxl, i2mv_sd21,
+    i2mv_sdxl_aug_quantity."""
+    variant, base = kind.split("_")[0], kind.split("_")[-1]
+    geometry = variant in ("tg2mv", "ig2mv")
+    image = variant in ("ig2mv", "i2mv")
+    sdxl = base == "sdxl"
+    size = 768 if sdxl else 512
+    data = {
+        "root_dir": "data/texture_ortho10view_easylight_objaverse",
+        "scene_list": "data/objaverse_list_6w.json",
+        "background_color": "gray",
+        "image_names": ["0000", "0001", "0002", "0003", "0008", "0009"] if geometry
+        else ["0000", "0004", "0001", "0002", "0003", "0005"],
+        "image_modality": "color",
+        "num_views": 6,
+        "prompt_db_path": "data/objaverse_short_captions.json",
+        "return_prompt": True,
+        "projection_type": "ORTHO",
+    }
+    if geometry:
+        data.update(source_image_modality=["position", "normal"], position_offset=0.5, position_scale=1.0)
+    else:
+        data.update(source_image_modality=["plucker"], plucker_offset=1.0, plucker_scale=2.0)
+    if "aug_quantity" in kind:
+        data["random_view_list"] = [[0, 1, 2, 3, 4, 5], [0, 2, 3, 4], [0, 2, 3], [0, 3]]
+    if image:
+        data.update(reference_root_dir=["data/texture_rand_easylight_objaverse"],
+                    reference_scene_list=["data/objaverse_list_6w.json"], reference_image_modality="color",
+                    reference_image_names=["0000", "0001", "0002", "0003", "0004"])
+        if "partialimg" in kind:
+            data["reference_mask_aug"] = True
+    data.update(train_indices=[0, -8], val_indices=[-8, None], test_indices=[-8, None], height=size, width=size,
+                batch_size=1, num_workers=16)
+    system_module = f"mvadapter_{'image' if image else 'text'}_{'sdxl' if sdxl else 'sd'}"
+    system_class = f"MVAdapter{'Image' if image else 'Text'}{'SDXL' if sdxl else 'SD'}System"
+    return {
+        "name": variant,
+        "tag": f"r{size}-ortho-nv6-{variant}-{base}",
+        "exp_root_dir": "outputs",
+        "seed": 42,
+        "data_cls": "mvadapter.data.multiview.MultiviewDataModule",
+        "data": data,
+        "system_cls": f"mvadapter.systems.{system_module}.{system_class}",
+        "system": {
+            "check_train_every_n_steps": 1000,
+            "cleanup_after_validation_step": True,
+            "cleanup_after_test_step": True,
+            "pretrained_model_name_or_path": "stabilityai/stable-diffusion-xl-base-1.0" if sdxl
+            else "stabilityai/stable-diffusion-2-1-base",
+            "pretrained_vae_name_or_path": "madebyollin/sdxl-vae-fp16-fix" if sdxl else None,
+            "pretrained_adapter_name_or_path": None,
+            "init_adapter_kwargs": {
+                "self_attn_processor": _ROW_COL if geometry else _ROW,
+                "cond_in_channels": 6,
+                "copy_attn_weights": True,
+                "zero_init_module_keys": ["to_out_mv", "to_out_ref"] if image else ["to_out_mv"],
+            },
+            "train_cond_encoder": True,
+            "trainable_modules": ["_mv", "_ref"] if image else ["_mv"],
+            "prompt_drop_prob": 0.1,
+            "image_drop_prob": 0.1,
+            "cond_drop_prob": 0.1,
+            "shift_noise": True,
+            "shift_noise_mode": "interpolated",
+            "shift_noise_scale": 8,
+            "eval_seed": 42,
+            "eval_num_inference_steps": 30,
+            "eval_guidance_scale": 3.0,
+            "eval_height": "${data.height}",
+            "eval_width": "${data.width}",
+            "optimizer": {
+                "name": "AdamW",
+                "args": {"lr": 5e-5, "betas": [0.9, 0.999], "weight_decay": 0.01},
+                "params": {"cond_encoder": {"lr": 5e-5}, "unet": {"lr": 5e-5}},
+            },
+            "scheduler": {
+                "name": "SequentialLR",
+                "interval": "step",
+                "schedulers": [
+                    {"name": "LinearLR", "interval": "step",
+                     "args": {"start_factor": 1e-6, "end_factor": 1.0, "total_iters": 2000}},
+                    {"name": "ConstantLR", "interval": "step", "args": {"factor": 1.0, "total_iters": 9999999}},
+                ],
+                "milestones": [2000],
+            },
+        },
+        "trainer": {
+            "max_epochs": 10 if not (image and not sdxl) else 5,
+            "log_every_n_steps": 10,
+            "num_sanity_val_steps": 1,
+            "val_check_interval": 2000,
+            "enable_progress_bar": True,
+            "precision": "bf16-mixed",
+            "gradient_clip_val": 1.0,
+            "strategy": "ddp",
+            "accumulate_grad_batches": 1,
+        },
+        "checkpoint": {"save_last": True, "save_top_k": -1, "every_n_epochs": 9999},
+    }
+
+
+def write_published(tmp_path: Path, kind: str, **data_changes) -> Path:
+    raw = published_config(kind)
+    raw["data"].update(data_changes)
+    path = tmp_path / f"mvadapter_{kind}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def long_scene_list(ds: Path, tmp_path: Path) -> Path:
+    """The ducks' ids repeated to 10 entries, so the published slices [0, -8] / [-8, null] are not empty."""
+    ids = json.loads((ds / "scene_list.json").read_text())
+    path = tmp_path / "scene_list_10.json"
+    path.write_text(json.dumps((ids * 2)[:10]))
+    return path
+
+
+def path_overrides(ds: Path, scene_list: Path) -> list[str]:
+    return [f"data.root={ds}", f"data.scene_list={scene_list}", f"data.captions={ds / 'captions.json'}",
+            "model.base=tiny", "model.vae=null"]
+
+
+@pytest.mark.parametrize("kind, variant", [("tg2mv_sdxl", "tg2mv"), ("t2mv_sdxl", "t2mv")])
+def test_published_sdxl_configs_load_and_check_with_only_paths_overridden(kind, variant, ducks, tmp_path):
+    path = write_published(tmp_path, kind)
+    cfg = load_config(path, path_overrides(ducks, long_scene_list(ducks, tmp_path)))
+    check_config(cfg)  # paths, splits, and the published image_names against the dataset's poses
+    assert cfg.model.variant == variant and cfg.trainer.seed == 42
+    assert cfg.output.dir == Path("outputs") / variant and cfg.output.tag == f"r768-ortho-nv6-{variant}-sdxl"
+    assert cfg.data.height == 768 and cfg.trainer.strategy == "ddp" and cfg.trainer.precision == "bf16-mixed"
+
+
+def test_published_config_names_the_run_folder_from_tag(tmp_path, monkeypatch):
+    from mvtune.train.run import resolve_resume
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("MVTUNE_RUN_NAME", raising=False)
+    cfg = load_config(write_published(tmp_path, "t2mv_sdxl"))
+    run_dir, _ = resolve_resume(cfg, cfg.output.tag, None)
+    assert run_dir.parent == Path("outputs/t2mv") and run_dir.name.startswith("r768-ortho-nv6-t2mv-sdxl-")
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("ig2mv_sdxl", ["ig2mv", "image-guided"]),
+    ("ig2mv_partialimg_sdxl", ["ig2mv", "image-guided"]),
+    ("i2mv_sdxl", ["i2mv", "image-guided"]),
+    ("i2mv_sdxl_aug_quantity", ["i2mv", "image-guided"]),
+    ("t2mv_sd21", ["t2mv", "SD2.1", "stable-diffusion-2-1-base"]),
+    ("i2mv_sd21", ["i2mv", "SD2.1", "image-guided"]),
+])
+def test_unsupported_published_configs_are_refused_in_one_line(kind, words, tmp_path):
+    with pytest.raises(TrainConfigError) as err:
+        load_config(write_published(tmp_path, kind))
+    message = str(err.value)
+    assert "\n" not in message and "unknown" not in message and "not support" in message
+    for word in words:
+        assert word in message
+
+
+@pytest.mark.parametrize("key, value", [("plucker_offset", 0.5), ("plucker_scale", 1.0), ("position_offset", 0.0)])
+def test_condition_encodings_other_than_the_published_ones_are_refused(key, value, tmp_path):
+    kind = "t2mv_sdxl" if key.startswith("plucker") else "tg2mv_sdxl"
+    with pytest.raises(TrainConfigError, match=rf"data\.{key}={value}"):
+        load_config(write_published(tmp_path, kind, **{key: value}))
+
+
+def test_condition_maps_must_match_the_processor(tmp_path):
+    with pytest.raises(TrainConfigError, match="source_image_modality.*t2mv"):
+        load_config(write_published(tmp_path, "t2mv_sdxl", source_image_modality=["position", "normal"]))

@@ -141,7 +141,8 @@ class CheckpointConfig(_Section):
 
 class OutputConfig(_Section):
     dir: Path = Path("runs")
-    name: str | None = None  # None: <config stem>-<time>, or -slurm<job id> under Slurm (requeue finds it)
+    name: str | None = None  # None: <tag>-<time>, or <tag>-slurm<job id> under Slurm (requeue finds it)
+    tag: str | None = None  # prefix of generated run names; None: the config file's stem
 
 
 class TrainConfig(_Section):
@@ -284,11 +285,16 @@ def is_mvadapter_layout(raw: dict) -> bool:
 
 
 # MV-Adapter key -> mvtune key (None: ignored with a notice, with the reason).
+_TEXT_SDXL_SYSTEM = "mvadapter.systems.mvadapter_text_sdxl.MVAdapterTextSDXLSystem"
 _PROCESSORS = {
     "mvadapter.models.attention_processor.DecoupledMVRowColSelfAttnProcessor2_0": "tg2mv",
     "mvadapter.models.attention_processor.DecoupledMVRowSelfAttnProcessor2_0": "t2mv",
 }
 MVADAPTER_KEYS: dict[str, str | tuple[None, str]] = {
+    "name": "output.dir",  # with exp_root_dir: runs land in exp_root_dir/name/<tag>-<time>, as in the reference
+    "tag": "output.tag",
+    "exp_root_dir": "output.dir",
+    "seed": "trainer.seed",
     "data_cls": (None, "mvtune uses its own data module"),
     "system_cls": (None, "mvtune uses its own training system"),
     "data.root_dir": "data.root",
@@ -300,9 +306,11 @@ MVADAPTER_KEYS: dict[str, str | tuple[None, str]] = {
     "data.prompt_db_path": "data.captions",
     "data.return_prompt": (None, "prompts are always returned"),
     "data.projection_type": (None, "orthographic views, from meta.json"),
-    "data.source_image_modality": (None, "given by the variant (tg2mv: position + normal)"),
-    "data.position_offset": (None, "positions are encoded P + 0.5 as in the reference"),
-    "data.position_scale": (None, "positions are encoded P + 0.5 as in the reference"),
+    "data.source_image_modality": (None, "given by the variant (tg2mv: position + normal, t2mv: plucker); checked"),
+    "data.position_offset": "data.position_offset",  # checked against _FIXED_ENCODINGS, not stored
+    "data.position_scale": "data.position_scale",
+    "data.plucker_offset": "data.plucker_offset",
+    "data.plucker_scale": "data.plucker_scale",
     "data.train_indices": "data.train_indices",
     "data.val_indices": "data.val_indices",
     "data.test_indices": (None, "testing is not part of training"),
@@ -361,6 +369,51 @@ MVADAPTER_KEYS: dict[str, str | tuple[None, str]] = {
 }
 
 
+#: Condition encodings mvtune implements (the published values): positions (P + 0.5) / 1, Plücker (x + 1) / 2.
+_FIXED_ENCODINGS = {
+    "data.position_offset": 0.5,
+    "data.position_scale": 1.0,
+    "data.plucker_offset": 1.0,
+    "data.plucker_scale": 2.0,
+}
+#: The condition maps each variant's data carries (data.source_image_modality).
+_MODALITIES = {"tg2mv": ["position", "normal"], "t2mv": ["plucker"]}
+
+
+def unsupported_mvadapter_config(raw: dict) -> str | None:
+    """Why an MV-Adapter config trains something mvtune does not (image-guided variants, SD2.1), or None.
+
+    Decided from the system class, the reference-image keys and the processor, before any key is mapped, so the
+    user reads one line instead of a list of unknown keys.
+    """
+    system_cls = str(raw.get("system_cls") or _TEXT_SDXL_SYSTEM)
+    system = raw.get("system") if isinstance(raw.get("system"), dict) else {}
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    processor = str((system.get("init_adapter_kwargs") or {}).get("self_attn_processor", ""))
+    geometry = "RowCol" in processor or data.get("source_image_modality") == _MODALITIES["tg2mv"]
+    image_guided = (
+        "_image_" in system_cls
+        or any(str(k).startswith("reference_") for k in data)
+        or "_ref" in list(system.get("trainable_modules") or [])
+    )
+    sd21 = system_cls.split(".")[-1].startswith("MVAdapter") and not system_cls.endswith("SDXLSystem")
+    if not (image_guided or sd21):
+        return None
+    variant = ("ig2mv" if geometry else "i2mv") if image_guided else ("tg2mv" if geometry else "t2mv")
+    why = []
+    if image_guided:
+        why.append(f"{variant} is image-guided (a reference image branch)")
+    if sd21:
+        base = system.get("pretrained_model_name_or_path") or "Stable Diffusion 2.1"
+        why.append(f"its base is SD2.1 ({base})")
+    return (
+        f"this MV-Adapter config ({system_cls.split('.')[-1]}) trains {variant}"
+        + (" on SD2.1" if sd21 else "")
+        + f", which mvtune does not support: {' and '.join(why)}; mvtune trains tg2mv and t2mv on SDXL "
+        "(configs/geometry-guidance/mvadapter_tg2mv_sdxl.yaml, configs/view-guidance/mvadapter_t2mv_sdxl.yaml)"
+    )
+
+
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     """Dotted leaves; whole sub-dicts stay one entry where the mapping names them (scheduler)."""
     out = {}
@@ -396,10 +449,14 @@ def _warmup_from_scheduler(spec: dict) -> dict:
 def from_mvadapter(raw: dict) -> tuple[dict, list[str]]:
     """An MV-Adapter launcher config -> an mvtune config tree, plus notices about what was ignored."""
     raw = resolve_interpolations(raw)
+    unsupported = unsupported_mvadapter_config(raw)
+    if unsupported:
+        raise TrainConfigError(unsupported)
     tree: dict = {}
     notices: list[str] = []
     problems: list[str] = []
-    for key, value in _flatten(raw).items():
+    flat = _flatten(raw)
+    for key, value in flat.items():
         target = MVADAPTER_KEYS.get(key)
         if target is None:
             close = difflib.get_close_matches(key, list(MVADAPTER_KEYS), n=1, cutoff=0.6)
@@ -430,7 +487,25 @@ def from_mvadapter(raw: dict) -> tuple[dict, list[str]]:
         elif key == "data.background_color" and isinstance(value, list):
             problems.append(f"{key}: an RGB list is not supported, use gray/white/black/random or a value")
             continue
+        elif key in _FIXED_ENCODINGS:
+            if not isinstance(value, (int, float)) or float(value) != _FIXED_ENCODINGS[key]:
+                problems.append(
+                    f"{key}={value!r}: mvtune encodes positions as (P + 0.5) / 1 and Plücker vectors as (x + 1) / 2, "
+                    f"the published values; set {key}: {_FIXED_ENCODINGS[key]:g} or remove it"
+                )
+            continue
+        elif key in ("name", "exp_root_dir"):
+            continue  # joined below
         _set_dotted(tree, target, value)
+    if "name" in flat or "exp_root_dir" in flat:
+        _set_dotted(tree, "output.dir", str(Path(str(flat.get("exp_root_dir") or "outputs")) / str(flat.get("name") or "")))
+    variant = tree.get("model", {}).get("variant", "tg2mv")
+    modality = flat.get("data.source_image_modality")
+    if modality is not None and list(modality) != _MODALITIES[variant]:
+        problems.append(
+            f"data.source_image_modality={list(modality)!r} does not match the {variant} processor, which is "
+            f"conditioned on {_MODALITIES[variant]!r}"
+        )
     if problems:
         raise TrainConfigError("cannot map the MV-Adapter config: " + "; ".join(problems))
     return tree, notices

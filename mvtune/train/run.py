@@ -342,7 +342,7 @@ def train_from_cli(config_path: Path, overrides: list[str], resume: str | None) 
     """`mvtune train CONFIG.yaml [key=value ...] [--resume auto|PATH]`; raises TrainConfigError for bad configs."""
     config_path = Path(config_path)
     cfg = load_config(config_path, overrides)
-    return train(cfg, config_stem=config_path.stem, resume=resume)
+    return train(cfg, config_stem=cfg.output.tag or config_path.stem, resume=resume)
 
 
 # ---- demo ----------------------------------------------------------------------------------------------------
