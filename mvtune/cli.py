@@ -275,11 +275,19 @@ def train(
     console.print(f"run folder: {run_dir}")
 
 
-def _model_options(base_model, adapter, lora, lora_scale, scheduler, device, dtype):
+def _lora_specs(loras: list[Path] | None, scales: list[float] | None) -> list[dict]:
+    """Repeated `--lora L` with `--lora-scale s` in the same order (no scales: all 1.0)."""
+    loras, scales = list(loras or []), list(scales or [])
+    if scales and len(scales) != len(loras):
+        _fail(f"give one --lora-scale per --lora (or none for 1.0 each): {len(loras)} LoRAs, {len(scales)} scales")
+    return [{"path": path, "scale": scale} for path, scale in zip(loras, scales or [1.0] * len(loras))]
+
+
+def _model_options(base_model, adapter, loras, scheduler, device, dtype):
     from mvtune.generate import ModelConfig
 
-    return ModelConfig(base_model=base_model, adapter=adapter, lora=lora, lora_scale=lora_scale,
-                       scheduler=scheduler, device=device, dtype=dtype)
+    return ModelConfig(base_model=base_model, adapter=adapter, loras=loras, scheduler=scheduler, device=device,
+                       dtype=dtype)
 
 
 def _sampling_options(steps, guidance, negative_prompt, resolution, mv_scale, control_scale, up):
@@ -322,8 +330,8 @@ def generate(
     prompt: Optional[str] = typer.Option(None, help="Text prompt."),
     batch: Optional[Path] = typer.Option(None, help="CSV (header mesh,prompt[,seed][,id]) or JSONL of rows instead of --mesh/--prompt."),
     adapter: Optional[Path] = typer.Option(None, help="MV-Adapter weights (released or fine-tuned .safetensors)."),
-    lora: Optional[Path] = typer.Option(None, help="SDXL UNet LoRA (diffusers or kohya format)."),
-    lora_scale: float = typer.Option(1.0),
+    lora: Optional[list[Path]] = typer.Option(None, help="SDXL LoRA (diffusers or kohya; UNet and/or text encoders), applied under the adapter; repeatable."),
+    lora_scale: Optional[list[float]] = typer.Option(None, help="Scale of each --lora, in the same order (default 1.0); repeatable."),
     seed: int = typer.Option(0),
     steps: int = typer.Option(50),
     guidance: float = typer.Option(7.0),
@@ -344,7 +352,7 @@ def generate(
     if (batch is None) == (mesh is None or prompt is None):
         _fail("give either --mesh and --prompt, or --batch LIST")
     try:
-        models = _model_options(base_model, adapter, lora, lora_scale, scheduler, device, dtype)
+        models = _model_options(base_model, adapter, _lora_specs(lora, lora_scale), scheduler, device, dtype)
         sampling = _sampling_options(steps, guidance, negative_prompt, resolution, mv_scale, control_scale, up)
         if batch is not None:
             summary = generate_batch(BatchConfig(items=batch, out_dir=out, seed=seed, models=models, sampling=sampling))
@@ -368,7 +376,8 @@ def texture(
     prompt: Optional[str] = typer.Option(None, help="Generate the views first with this prompt (needs --base-model)."),
     base_model: Optional[Path] = typer.Option(None, help=BASE_MODEL_HELP),
     adapter: Optional[Path] = typer.Option(None),
-    lora: Optional[Path] = typer.Option(None),
+    lora: Optional[list[Path]] = typer.Option(None, help="SDXL LoRA applied under the adapter; repeatable."),
+    lora_scale: Optional[list[float]] = typer.Option(None, help="Scale of each --lora (default 1.0); repeatable."),
     seed: int = typer.Option(0),
     steps: int = typer.Option(50),
     guidance: float = typer.Option(7.0),
@@ -389,7 +398,7 @@ def texture(
     try:
         models = None
         if base_model is not None:
-            models = _model_options(base_model, adapter, lora, 1.0, "euler", device, dtype)
+            models = _model_options(base_model, adapter, _lora_specs(lora, lora_scale), "euler", device, dtype)
         cfg = TextureConfig(
             mesh=mesh, out=out, views=views, prompt=prompt, models=models, seed=seed,
             sampling=_sampling_options(steps, guidance, None, resolution, 1.0, 1.0, up),

@@ -119,13 +119,13 @@ def test_lora_is_fused_into_the_unet(tmp_path, tiny_base):
     pipe = load_pipeline(ModelConfig(base_model=tiny_base))
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items() if "to_q" in k}
     processors = {k: type(v) for k, v in pipe.unet.attn_processors.items()}
-    apply_lora(pipe.unet, lora, scale=1.0)
+    assert apply_lora(pipe, lora, scale=1.0) == ["unet"]
     assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == processors  # MV attention kept
     after = pipe.unet.state_dict()
     assert set(before) <= set(after)  # fused, not left as extra adapter modules
     assert any(not np.allclose(before[k].numpy(), after[k].numpy()) for k in before)
     with pytest.raises(GenerateError, match="not a readable SDXL LoRA"):
-        apply_lora(pipe.unet, tmp_path / "items.txt", 1.0)
+        apply_lora(pipe, tmp_path / "items.txt", 1.0)
 
 
 def test_bad_inputs(tmp_path, tiny_base, sample_meshes_dir):

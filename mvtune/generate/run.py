@@ -47,15 +47,23 @@ class GenerateError(Exception):
     """Generation cannot run: bad mesh, models that do not load, a LoRA we cannot apply, unwritable output."""
 
 
+class LoraSpec(BaseModel):
+    """One SDXL LoRA file (diffusers or kohya keys; UNet and/or both text encoders) and its strength."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path
+    scale: float = 1.0
+
+
 class ModelConfig(BaseModel):
-    """Which weights to sample with; shared by every row of a batch."""
+    """Which weights to sample with; shared by every row of a batch (and by evaluation model entries)."""
 
     model_config = ConfigDict(extra="forbid")
 
     base_model: Path  # local diffusers SDXL folder
     adapter: Path | None = None  # custom_adapter.safetensors (MV layers + cond encoder)
-    lora: Path | None = None  # diffusers/kohya SDXL LoRA for the UNet
-    lora_scale: float = 1.0
+    loras: list[LoraSpec] = []  # applied under the adapter, in order (their deltas add up)
     vae: Path | None = None  # optional replacement VAE folder (e.g. sdxl-vae-fp16-fix for fp16)
     scheduler: Literal["euler", "ddpm"] = "euler"
     shift_scale: float = 8.0
@@ -110,13 +118,14 @@ class BatchConfig(BaseModel):
 
 
 def load_pipeline(models: ModelConfig):
-    """The MV-Adapter pipeline for these weights, LoRA applied (torch and diffusers load here, lazily)."""
+    """The MV-Adapter pipeline for these weights, LoRAs applied (torch and diffusers load here, lazily)."""
     import torch
 
     from mvtune.models import MVAdapterPipeline
 
-    for name in ("base_model", "adapter", "lora", "vae"):
-        path = getattr(models, name)
+    paths = [("base_model", models.base_model), ("adapter", models.adapter), ("vae", models.vae)]
+    paths += [(f"loras[{i}].path", spec.path) for i, spec in enumerate(models.loras)]
+    for name, path in paths:
         if path is not None and not Path(path).exists():
             raise GenerateError(f"{name} {path} does not exist")
     try:
@@ -132,35 +141,62 @@ def load_pipeline(models: ModelConfig):
         )
     except Exception as exc:
         raise GenerateError(f"cannot load the models from {models.base_model}: {type(exc).__name__}: {exc}") from exc
-    if models.lora is not None:
-        apply_lora(pipe.unet, models.lora, models.lora_scale)
+    for spec in models.loras:
+        apply_lora(pipe, spec.path, spec.scale)
     return pipe
 
 
-def apply_lora(unet, path: Path, scale: float = 1.0) -> None:
-    """Fuse an SDXL UNet LoRA (diffusers or kohya keys) into the adapted UNet.
+#: The pipeline parts an SDXL LoRA file may hold weights for (its key prefixes).
+LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+
+def apply_lora(pipe, path: Path, scale: float = 1.0) -> list[str]:
+    """Fuse an SDXL LoRA (diffusers or kohya keys) into the pipeline's UNet and text encoders; returns the
+    components it changed.
 
     Fused rather than kept as adapters: the MV attention processors call the same `to_q`/`to_k`/... modules,
-    so fusing changes no code path and costs nothing per step. Text-encoder LoRA weights are refused, not
-    silently dropped.
+    so fusing changes no code path and costs nothing per step, and several LoRAs fused one after the other add
+    up their scaled deltas. Weights that would reach the multi-view layers are refused: under the adapter the
+    `_mv` layers and the cond encoder stay exactly the adapter file's.
     """
     from diffusers import StableDiffusionXLPipeline
+    from diffusers.loaders.lora_base import fuse_text_encoder_lora
+    from diffusers.utils import recurse_remove_peft_layers
 
     try:
-        state_dict, alphas = StableDiffusionXLPipeline.lora_state_dict(str(path))
+        state_dict, alphas = StableDiffusionXLPipeline.lora_state_dict(str(path), unet_config=pipe.unet.config)
     except Exception as exc:
         raise GenerateError(f"{path}: not a readable SDXL LoRA file ({type(exc).__name__}: {exc})") from exc
-    other = sorted({k.split(".")[0] for k in state_dict if not k.startswith("unet.")})
-    if other:
-        raise GenerateError(f"{path}: LoRA weights for {other} are not supported; only UNet LoRAs apply")
     if not state_dict:
-        raise GenerateError(f"{path}: the file holds no UNet LoRA weights")
+        raise GenerateError(f"{path}: the file holds no LoRA weights")
+    other = sorted({k.split(".")[0] for k in state_dict} - set(LORA_COMPONENTS))
+    if other:
+        raise GenerateError(f"{path}: LoRA weights for {other} are not SDXL parts; expected {list(LORA_COMPONENTS)}")
+    multiview = sorted(k for k in state_dict if "_mv" in k)
+    if multiview:
+        raise GenerateError(f"{path}: LoRA weights reach the multi-view layers ({multiview[:3]}); only base layers may change")
+    present = [c for c in LORA_COMPONENTS if any(k.startswith(f"{c}.") for k in state_dict)]
+    name = "mvtune_lora"
     try:
-        unet.load_lora_adapter(state_dict, network_alphas=alphas, prefix="unet", adapter_name="mvtune_lora")
-        unet.fuse_lora(lora_scale=scale)
-        unet.unload_lora()
+        if "unet" in present:
+            pipe.unet.load_lora_adapter(state_dict, network_alphas=alphas, prefix="unet", adapter_name=name)
+            pipe.unet.fuse_lora(lora_scale=scale)
+            pipe.unet.unload_lora()
+        for component in present:
+            if component == "unet":
+                continue
+            encoder = getattr(pipe, component)
+            StableDiffusionXLPipeline.load_lora_into_text_encoder(
+                state_dict, network_alphas=alphas, text_encoder=encoder, prefix=component, adapter_name=name
+            )
+            fuse_text_encoder_lora(encoder, lora_scale=scale, adapter_names=[name])
+            recurse_remove_peft_layers(encoder)  # keeps the merged base weights, drops the LoRA modules
+            if getattr(encoder, "peft_config", None) is not None:  # as diffusers' unload_lora_weights does
+                del encoder.peft_config
+                encoder._hf_peft_config_loaded = None
     except Exception as exc:
-        raise GenerateError(f"{path}: cannot apply the LoRA to the UNet ({type(exc).__name__}: {exc})") from exc
+        raise GenerateError(f"{path}: cannot apply the LoRA to {present} ({type(exc).__name__}: {exc})") from exc
+    return present
 
 
 def grid_image(images: list[np.ndarray]) -> Image.Image:
@@ -259,8 +295,10 @@ def generate(cfg: GenerateConfig, pipeline=None, renderer=None) -> dict:
         "models": {
             "base_model": str(cfg.models.base_model),
             "adapter": None if cfg.models.adapter is None else str(cfg.models.adapter),
-            "lora": None if cfg.models.lora is None else str(cfg.models.lora),
-            "lora_scale": cfg.models.lora_scale,
+            "loras": [
+                {"path": str(spec.path), "scale": spec.scale, "sha256": sha256_file(Path(spec.path))}
+                for spec in cfg.models.loras
+            ],
             "scheduler": type(pipe.scheduler).__name__,
             "dtype": str(pipe.dtype).removeprefix("torch."),
             "device": str(pipe.device),
