@@ -392,3 +392,25 @@ def test_validation_samples_on_the_training_schedule(ducks, tmp_path, shift_nois
     sampling = system.pipeline().scheduler
     assert type(sampling).__name__ == "DDPMScheduler"
     torch.testing.assert_close(sampling.alphas_cumprod, system.noise_scheduler.alphas_cumprod)
+
+
+def test_text_embeddings_under_the_training_autocast_equal_inference_ones(ducks, tmp_path):
+    """bf16-mixed autocast must not reach the frozen text encoders (the reference encodes outside it)."""
+    from mvtune.models.pipeline import MVAdapterPipeline
+
+    cfg = tiny_config(ducks, tmp_path, trainer={"precision": "bf16-mixed"})
+    system = MVAdapterSystem(cfg)
+    prompts = ["a duck wearing a red firefighter helmet", ""]
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # one prompt per call: batched matmuls round differently
+        encoded = [system.encode_text([prompt]) for prompt in prompts]
+    pipe = MVAdapterPipeline(
+        vae=system.frozen["vae"], text_encoder=system.frozen["text_encoder"],
+        text_encoder_2=system.frozen["text_encoder_2"], tokenizer=system.tokenizers[0],
+        tokenizer_2=system.tokenizers[1], unet=system.unet, scheduler=system.noise_scheduler,
+        cond_encoder=system.cond_encoder,
+    )
+    for k, prompt in enumerate(prompts):
+        ref_embeds, ref_pooled = pipe._text_conditioning(prompt, None, do_cfg=False)
+        embeds, pooled = encoded[k]
+        assert embeds.dtype == ref_embeds.dtype == torch.float32
+        assert torch.equal(embeds, ref_embeds) and torch.equal(pooled, ref_pooled)

@@ -44,7 +44,11 @@ def encode_prompt(
     prompts: Sequence[str],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SDXL text conditioning: penultimate hidden states of both CLIP encoders, concatenated along features
-    ([B, 77, 768 + 1280] for SDXL), and the pooled projection of the last encoder ([B, 1280])."""
+    ([B, 77, 768 + 1280] for SDXL), and the pooled projection of the last encoder ([B, 1280]).
+
+    The encoders run with autocast off, in their own dtype, as in the reference: under a bf16-mixed training
+    autocast the embeddings would otherwise be rounded to bf16 and differ from the ones inference feeds.
+    """
     hidden, pooled = [], None
     for tokenizer, encoder in zip(tokenizers, text_encoders, strict=True):
         ids = tokenizer(
@@ -54,7 +58,8 @@ def encode_prompt(
             truncation=True,
             return_tensors="pt",
         ).input_ids.to(encoder.device)
-        output = encoder(ids, output_hidden_states=True)
+        with torch.autocast(encoder.device.type, enabled=False):
+            output = encoder(ids, output_hidden_states=True)
         hidden.append(output.hidden_states[-2])
         pooled = output.text_embeds if hasattr(output, "text_embeds") else output.pooler_output
     return torch.cat(hidden, dim=-1), pooled
