@@ -414,3 +414,22 @@ def test_text_embeddings_under_the_training_autocast_equal_inference_ones(ducks,
         embeds, pooled = encoded[k]
         assert embeds.dtype == ref_embeds.dtype == torch.float32
         assert torch.equal(embeds, ref_embeds) and torch.equal(pooled, ref_pooled)
+
+
+@pytest.mark.parametrize("setting, expected", [({}, None), ({"negative_prompt": "blurry"}, "blurry")])
+def test_validation_negative_prompt_defaults_to_the_references_none(ducks, tmp_path, monkeypatch, setting, expected):
+    from mvtune.models.pipeline import MVAdapterPipeline
+
+    seen = []
+    original = MVAdapterPipeline._text_conditioning
+
+    def spy(self, prompt, negative_prompt, do_cfg):
+        seen.append(negative_prompt)
+        return original(self, prompt, negative_prompt, do_cfg)
+
+    monkeypatch.setattr(MVAdapterPipeline, "_text_conditioning", spy)
+    cfg = tiny_config(ducks, tmp_path, trainer={"max_steps": 1},
+                      validation={"every_n_steps": 1, "num_objects": 1, "num_inference_steps": 1, **setting})
+    assert cfg.validation.negative_prompt == expected
+    train(cfg)
+    assert seen and set(seen) == {expected}

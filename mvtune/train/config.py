@@ -112,6 +112,9 @@ class ValidationConfig(_Section):
     num_batches: int | None = Field(None, ge=1)  # None: the whole val split
     num_objects: int = Field(2, ge=0)  # val objects sampled into grids
     prompts: list[str] | None = None  # None: the objects' captions
+    # None: no negative prompt, i.e. zero embeddings (SDXL's force_zeros_for_empty_prompt), as the reference's
+    # validation samples; a string is encoded like any prompt.
+    negative_prompt: str | None = None
     num_inference_steps: int = Field(30, ge=1)
     guidance_scale: float = 3.0
     seed: int = 42

@@ -85,6 +85,27 @@ def warmup_factor(step: int, warmup_steps: int, start_factor: float) -> float:
     return start_factor + (1.0 - start_factor) * step / warmup_steps
 
 
+def optimizer_config(groups: list[dict], optim) -> dict:
+    """Lightning's optimizer + per-step warm-up schedule for named parameter groups (`optim`: OptimConfig);
+    shared by every strategy's system."""
+    if optim.name == "adamw":
+        optimizer = torch.optim.AdamW(groups, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
+    elif optim.name == "adamw8bit":
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.AdamW8bit(groups, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
+    else:
+        from transformers.optimization import Adafactor
+
+        optimizer = Adafactor(
+            groups, lr=optim.lr, weight_decay=optim.weight_decay,
+            scale_parameter=False, relative_step=False, warmup_init=False,
+        )
+    factor = functools.partial(warmup_factor, warmup_steps=optim.warmup_steps, start_factor=optim.warmup_start_factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
 def step_generator(device: torch.device, *key: int) -> torch.Generator:
     seed = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, dtype=np.uint64)[0] >> 1)
     return torch.Generator(device=device).manual_seed(seed)
@@ -356,22 +377,7 @@ class MVAdapterSystem(L.LightningModule):
                 groups.append({"name": "cond_encoder", "params": list(self.cond_encoder.parameters()), "lr": optim.cond_encoder_lr or optim.lr})
         if cfg.trains_lora():
             groups.append({"name": "lora", "params": [p for n, p in self.unet.named_parameters() if "lora_" in n], "lr": cfg.lora.lr})
-        if optim.name == "adamw":
-            optimizer = torch.optim.AdamW(groups, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
-        elif optim.name == "adamw8bit":
-            import bitsandbytes as bnb
-
-            optimizer = bnb.optim.AdamW8bit(groups, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
-        else:
-            from transformers.optimization import Adafactor
-
-            optimizer = Adafactor(
-                groups, lr=optim.lr, weight_decay=optim.weight_decay,
-                scale_parameter=False, relative_step=False, warmup_init=False,
-            )
-        factor = functools.partial(warmup_factor, warmup_steps=optim.warmup_steps, start_factor=optim.warmup_start_factor)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_config(groups, optim)
 
     # ---- checkpoints and export ----------------------------------------------------------------------------
 
@@ -456,8 +462,8 @@ class MVAdapterSystem(L.LightningModule):
                 prompt = val.prompts[k % len(val.prompts)] if val.prompts else sample["prompt"]
                 images = pipe(
                     prompt, sample["source_rgb"], num_inference_steps=val.num_inference_steps,
-                    guidance_scale=val.guidance_scale, generator=step_generator(self.device, val.seed, k),
-                    output_type="np",
+                    guidance_scale=val.guidance_scale, negative_prompt=val.negative_prompt,
+                    generator=step_generator(self.device, val.seed, k), output_type="np",
                 )
                 rows += [sample["rgb"].permute(0, 2, 3, 1).numpy(), images]
         self.cond_encoder.train(was_training)
