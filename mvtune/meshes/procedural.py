@@ -133,11 +133,14 @@ def _ellipsoid(
     tilt_deg: float = 0.0,
     lat_range: tuple[float, float] = (0.0, math.pi),
     lon_range: tuple[float, float] = (-math.pi, math.pi),
+    regions: dict | None = None,
+    atlas: int = _ATLAS,
 ):
     """Latitude/longitude grid with analytic normals; longitude 0 faces +Z so the UV seam sits at the back.
 
     The seam column is duplicated (UVs stay continuous) and pole rows get one triangle per quad, not two.
-    `tilt_deg` rotates about X (positive lifts the +Z end). UVs map theta/phi into the atlas `region`.
+    `tilt_deg` rotates about X (positive lifts the +Z end). UVs map theta/phi into the atlas `region`, a name in
+    `regions` (the duck atlas by default) of an `atlas`-pixel square texture.
     """
     theta = np.linspace(*lat_range, n_lat + 1)
     phi = np.linspace(*lon_range, n_lon + 1)
@@ -168,14 +171,14 @@ def _ellipsoid(
 
     uv = None
     if region is not None:
-        r0, r1, c0, c1 = _REGIONS[region]
+        r0, r1, c0, c1 = (regions or _REGIONS)[region]
         # Half a pixel plus one inside the region, so bilinear sampling never bleeds into a neighbour.
         inset = 1.5
         s = (p - lon_range[0]) / (lon_range[1] - lon_range[0])
         tv = (t - lat_range[0]) / (lat_range[1] - lat_range[0])
         cols = c0 + inset + s * (c1 - c0 - 2 * inset)
         rows = r0 + inset + tv * (r1 - r0 - 2 * inset)
-        uv = np.stack([cols / _ATLAS, 1.0 - rows / _ATLAS], axis=-1).reshape(-1, 2)
+        uv = np.stack([cols / atlas, 1.0 - rows / atlas], axis=-1).reshape(-1, 2)
     return vertices, faces, normals, uv
 
 
@@ -279,3 +282,380 @@ def _paint_atlas(body: tuple[int, int, int]) -> np.ndarray:
     where, theta, phi = grid("feather")
     atlas[where][..., :3] = base * (0.95 * feathers(theta, phi, 5, 6, 0.25))[..., None]
     return np.clip(np.round(atlas), 0, 255).astype(np.uint8)
+
+
+# ---- themed ducks: body variants x profession kits x palettes x decals, captioned by what is visible -----------
+
+THEMED_VERSION = 1
+THEMED_GENERATOR = "mvtune themed ducks"
+
+#: Named colours (sRGB) used by bodies, kits and decals; captions use these names.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "yellow": (250, 212, 40), "blue": (60, 120, 230), "red": (215, 45, 40), "green": (80, 185, 90),
+    "white": (240, 240, 236), "orange": (245, 130, 30), "pink": (240, 140, 180), "purple": (130, 70, 190),
+    "teal": (40, 170, 165), "brown": (140, 90, 50), "black": (35, 35, 38), "tan": (200, 165, 110),
+    "navy": (30, 45, 95), "lime": (170, 230, 40), "silver": (200, 205, 210), "gold": (230, 180, 50),
+    "grey": (120, 122, 128),
+}
+BODY_COLOURS = ("yellow", "blue", "red", "green", "white", "orange", "pink", "purple", "teal", "brown")
+#: Body shape -> (body radii, head radius, caption word). Each item also jitters these by a few percent.
+BODY_SHAPES: dict[str, tuple[tuple[float, float, float], float, str]] = {
+    "classic": ((0.38, 0.30, 0.50), 0.22, ""),
+    "chubby": ((0.46, 0.34, 0.52), 0.22, "chubby "),
+    "slim": ((0.31, 0.29, 0.52), 0.20, "slim "),
+    "big-headed": ((0.34, 0.26, 0.42), 0.27, "big-headed "),
+}
+DECALS = ("star", "shield", "circle", "cross")
+
+
+@dataclass(frozen=True)
+class KitOptions:
+    """What one profession may wear and hold; every choice is drawn per item from these pools."""
+
+    headwear: str | None  # "firefighter helmet", "hard hat", "glass dome helmet"
+    headwear_colours: tuple[str, ...] = ()
+    vest_colours: tuple[str, ...] = ()
+    stripe_colours: tuple[str, ...] = ()
+    backs: tuple[str | None, ...] = (None,)  # "backpack", "oxygen tank", "oxygen tanks"
+    back_colours: tuple[str, ...] = ("grey",)
+    tools: tuple[str | None, ...] = (None,)
+    vest_chance: float = 1.0
+    decal_chance: float = 0.6
+
+
+KITS: dict[str, KitOptions] = {
+    "firefighter": KitOptions(
+        "firefighter helmet", ("red", "yellow", "black", "white"), ("tan", "black", "navy"), ("yellow", "silver"),
+        backs=("oxygen tank", None), back_colours=("silver", "yellow"), tools=("fire axe", "hose nozzle", None),
+    ),
+    "construction worker": KitOptions(
+        "hard hat", ("yellow", "orange", "white", "blue"), ("orange", "lime", "yellow"), ("silver",),
+        backs=("backpack", None), back_colours=("grey", "navy", "brown"), tools=("hammer", "wrench", None),
+    ),
+    "astronaut": KitOptions(
+        "glass dome helmet", ("white", "silver", "gold"), ("white", "silver"), ("blue", "red"),
+        backs=("oxygen tanks", "backpack"), back_colours=("white", "silver"), tools=("flag", None),
+        vest_chance=0.5,
+    ),
+    "rubber duck": KitOptions(None, backs=(None, "backpack"), back_colours=("red", "blue", "green"), vest_chance=0.0),
+}
+_KIT_ALIASES = {"construction": "construction worker", "builder": "construction worker", "fireman": "firefighter",
+                "firefighter duck": "firefighter", "astronaut duck": "astronaut", "duck": "rubber duck",
+                "plain": "rubber duck", "": "rubber duck"}
+
+_KIT_ATLAS = 256
+_KIT_REGIONS = {
+    "hat": (0, 64, 0, 128), "hat_trim": (0, 64, 128, 192), "dome": (0, 64, 192, 256),
+    "vest": (64, 128, 0, 256),
+    "back": (128, 192, 0, 128), "back_trim": (128, 192, 128, 256),
+    "tool_a": (192, 256, 0, 128), "tool_b": (192, 256, 128, 256),
+}
+
+
+@dataclass(frozen=True)
+class ThemedDuck:
+    """One themed duck: every visible choice, enough to rebuild it and to caption it exactly."""
+
+    kit: str
+    shape: str
+    jitter: tuple[float, float, float, float]  # body x/y/z radii and head radius factors
+    body_colour: str
+    headwear: str | None = None
+    headwear_colour: str | None = None
+    decal: str | None = None
+    decal_colour: str | None = None
+    vest_colour: str | None = None
+    stripe_colour: str | None = None
+    back: str | None = None
+    back_colour: str | None = None
+    tool: str | None = None
+
+    def attributes(self) -> dict[str, str]:
+        """Visible attribute -> phrase (the ground truth for attribute probes); absent parts are left out."""
+        found = {"body": f"{BODY_SHAPES[self.shape][2]}{self.body_colour} rubber duck".strip()}
+        if self.headwear == "glass dome helmet":
+            helmet = f"glass dome helmet with a {self.headwear_colour} collar ring"
+            if self.decal:
+                helmet += f" and a {self.decal_colour} {self.decal} decal"
+            found["helmet"] = helmet
+        elif self.headwear:
+            helmet = f"{self.headwear_colour} {self.headwear}"
+            if self.decal:
+                helmet += f" with a {self.decal_colour} {self.decal} decal"
+            found["helmet"] = helmet
+        if self.vest_colour:
+            found["vest"] = f"{self.vest_colour} vest with {self.stripe_colour} reflective stripes"
+        if self.back:
+            found["back"] = f"{self.back_colour} {self.back}" if self.back != "oxygen tanks" else \
+                f"two {self.back_colour} oxygen tanks"
+        if self.tool:
+            found["tool"] = self.tool
+        return found
+
+    def caption(self) -> str:
+        """States exactly the visible parts and colours, nothing the mesh does not show."""
+        found = self.attributes()
+        text = _a(found["body"])
+        worn = [_a(found[k]) for k in ("helmet", "vest") if k in found]
+        if worn:
+            text += " wearing " + " and ".join(worn)
+        if "back" in found:
+            back = found["back"]
+            text += f", with {back if back.startswith('two ') else _a(back)} on its back"
+        if "tool" in found:
+            text += f", holding {_a(found['tool'])}"
+        return text
+
+
+def _a(phrase: str) -> str:
+    return f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}"
+
+
+def kit_for(concept: str | None) -> str:
+    """The kit of a prompt row's concept ("firefighter", "construction_worker", ...); KeyError when none fits."""
+    key = " ".join(str(concept or "").lower().replace("_", " ").replace("-", " ").split())
+    key = _KIT_ALIASES.get(key, key)
+    if key not in KITS:
+        raise KeyError(f"no procedural kit for concept {concept!r}; kits: {', '.join(KITS)}")
+    return key
+
+
+def design_duck(concept: str | None, seed: int, hints: dict[str, str] | None = None) -> ThemedDuck:
+    """Draw a themed duck for `concept` from `seed`. `hints` (a prompt row's attribute phrases) steer colours:
+    a colour named in a helmet/hat phrase becomes the helmet's colour when the kit offers it, and so on."""
+    kit_name = kit_for(concept)
+    kit = KITS[kit_name]
+    rng = np.random.default_rng(seed)
+    words = " ".join((hints or {}).values()).lower()
+
+    def pick(options, *keywords):
+        options = tuple(options)
+        for phrase in (hints or {}).values():
+            phrase = phrase.lower()
+            if any(k in phrase for k in keywords):
+                for option in options:
+                    if option and option in phrase.split():
+                        return option
+        return options[int(rng.integers(len(options)))]
+
+    shape = tuple(BODY_SHAPES)[int(rng.integers(len(BODY_SHAPES)))]
+    jitter = tuple(float(x) for x in np.round(rng.uniform(0.94, 1.06, 4), 4))
+    body = pick(BODY_COLOURS, "duck", "body", "feather")
+    fields: dict = {}
+    if kit.headwear:
+        colour = pick(kit.headwear_colours, "helmet", "hat", "dome")
+        fields.update(headwear=kit.headwear, headwear_colour=colour)
+        if rng.random() < kit.decal_chance:
+            clash = {colour, "gold"} if colour in ("yellow", "gold") else {colour}  # the decal must stand out
+            decal_colour = next(c for c in rng.permutation(["white", "gold", "black"]) if c not in clash)
+            fields.update(decal=DECALS[int(rng.integers(len(DECALS)))], decal_colour=str(decal_colour))
+    if kit.vest_colours and rng.random() < kit.vest_chance:
+        fields.update(vest_colour=pick(kit.vest_colours, "vest", "jacket", "suit", "coat"),
+                      stripe_colour=pick(kit.stripe_colours, "stripe", "reflective"))
+    back = kit.backs[int(rng.integers(len(kit.backs)))]
+    for option in kit.backs:  # a prompt that asks for a tank or a backpack gets one when the kit has it
+        if option and option.split()[-1].rstrip("s") in words:
+            back = option
+    if back:
+        fields.update(back=back, back_colour=pick(kit.back_colours, "tank", "backpack", "pack"))
+    tool = kit.tools[int(rng.integers(len(kit.tools)))]
+    for option in kit.tools:
+        if option and option.split()[-1] in words:
+            tool = option
+    if tool:
+        fields["tool"] = tool
+    return ThemedDuck(kit=kit_name, shape=shape, jitter=jitter, body_colour=body, **fields)
+
+
+def themed_scene(duck: ThemedDuck) -> trimesh.Scene:
+    """The duck (its own atlas) and its kit (a second atlas) as two UV-textured parts, in glTF's frame."""
+    scene = trimesh.Scene()
+    anchors = _anchors(duck)
+    vertices, faces, normals, uv = _duck_pieces(anchors)
+    duck_material = trimesh.visual.material.PBRMaterial(
+        name="duck", baseColorTexture=Image.fromarray(_paint_atlas(COLOURS[duck.body_colour])),
+        metallicFactor=0.0, roughnessFactor=0.5,
+    )
+    _add(scene, "duck", vertices, faces, normals, trimesh.visual.TextureVisuals(uv=uv, material=duck_material))
+    pieces = _kit_pieces(duck, anchors)
+    if pieces:
+        vertices, faces, normals, uv = (np.asarray(a, np.float32) for a in _merge(pieces))
+        kit_material = trimesh.visual.material.PBRMaterial(
+            name="kit", baseColorTexture=Image.fromarray(_paint_kit(duck)), metallicFactor=0.1, roughnessFactor=0.45,
+        )
+        _add(scene, "kit", vertices, faces.astype(np.int64), normals,
+             trimesh.visual.TextureVisuals(uv=uv, material=kit_material))
+    return scene
+
+
+def _anchors(duck: ThemedDuck) -> dict:
+    (bx, by, bz), hr, _ = BODY_SHAPES[duck.shape]
+    jx, jy, jz, jh = duck.jitter
+    bx, by, bz, hr = bx * jx, by * jy, bz * jz, hr * jh
+    body = np.array([0.0, by + 0.05, -0.05])
+    head = np.array([0.0, body[1] + by + 0.6 * hr, body[2] + 0.7 * bz])
+    return {"body": body, "radii": np.array([bx, by, bz]), "head": head, "hr": hr}
+
+
+def _duck_pieces(a: dict):
+    """The sample duck's parts, placed and scaled from the body and head anchors of one variant."""
+    body, (bx, by, bz), head, hr = a["body"], a["radii"], a["head"], a["hr"]
+    k = hr / _HEAD_RADIUS
+    wing = (bx * 0.895, by * 0.233, -bz * 0.1)
+    pieces = [
+        _ellipsoid(body, (bx, by, bz), 24, 40, "body"),
+        _ellipsoid(head, (hr,) * 3, 20, 32, "head"),
+        _ellipsoid(head + np.array([0.0, -0.05, 0.23]) * k, np.array([0.12, 0.05, 0.14]) * k, 10, 16, "beak",
+                   tilt_deg=-5.0),
+        _ellipsoid(head + np.array([-0.1, 0.07, 0.18]) * k, (0.045 * k,) * 3, 8, 12, "eye"),
+        _ellipsoid(head + np.array([0.1, 0.07, 0.18]) * k, (0.045 * k,) * 3, 8, 12, "eye"),
+        _ellipsoid(body + np.array([-wing[0], wing[1], wing[2]]), (0.08, by * 0.567, bz * 0.6), 10, 16, "feather",
+                   tilt_deg=8.0),
+        _ellipsoid(body + np.array(wing), (0.08, by * 0.567, bz * 0.6), 10, 16, "feather", tilt_deg=8.0),
+        _ellipsoid(body + np.array([0.0, by * 0.567, -bz * 0.94]), (0.13, 0.08, 0.2), 10, 16, "feather",
+                   tilt_deg=-35.0),
+    ]
+    vertices, faces, normals, uv = _merge(pieces)
+    return vertices.astype(np.float32), faces.astype(np.int64), normals.astype(np.float32), uv.astype(np.float32)
+
+
+def _kit_pieces(duck: ThemedDuck, a: dict) -> list:
+    body, (bx, by, bz), head, hr = a["body"], a["radii"], a["head"], a["hr"]
+
+    def part(center, radii, region, n_lat=12, n_lon=24, **kw):
+        return _ellipsoid(center, radii, n_lat, n_lon, region, regions=_KIT_REGIONS, atlas=_KIT_ATLAS, **kw)
+
+    pieces = []
+    if duck.headwear == "firefighter helmet":
+        rim = head[1] + 1.1 * hr * math.cos(1.0)
+        pieces += [
+            part(head, (1.1 * hr, 1.1 * hr, 1.14 * hr), "hat", 14, 32, lat_range=(0.0, 1.0)),
+            part((head[0], rim, head[2] - 0.2 * hr), (1.25 * hr, 0.07 * hr, 1.5 * hr), "hat_trim", 6, 32),
+            part(head + np.array([0.0, 1.06 * hr, 0.0]), (0.12 * hr, 0.14 * hr, 1.0 * hr), "hat_trim", 6, 16),
+        ]
+    elif duck.headwear == "hard hat":
+        rim = head[1] + 1.12 * hr * math.cos(1.1)
+        pieces += [
+            part(head, (1.08 * hr, 1.12 * hr, 1.1 * hr), "hat", 14, 32, lat_range=(0.0, 1.1)),
+            part((head[0], rim, head[2] + 0.55 * hr), (1.0 * hr, 0.06 * hr, 0.75 * hr), "hat_trim", 6, 24),
+            part(head + np.array([0.0, 1.08 * hr, 0.0]), (0.16 * hr, 0.16 * hr, 1.02 * hr), "hat_trim", 6, 16),
+        ]
+    elif duck.headwear == "glass dome helmet":
+        pieces += [
+            part(head + np.array([0.0, 0.05 * hr, 0.03 * hr]), (1.4 * hr,) * 3, "dome", 16, 32, lat_range=(0.0, 2.5)),
+            part((head[0], head[1] - 1.05 * hr, head[2]), (1.2 * hr, 0.2 * hr, 1.2 * hr), "hat_trim", 6, 32),
+        ]
+    if duck.vest_colour:
+        pieces.append(part(body, (bx * 1.035, by * 1.04, bz * 1.03), "vest", 10, 40, lat_range=(0.75, 2.05)))
+    # On the upper back, between the head and the tail.
+    back_center = body + np.array([0.0, 0.8 * by, -0.55 * bz])
+    if duck.back == "backpack":
+        pieces += [
+            part(back_center, (0.55 * bx, 0.5 * by, 0.3 * bz), "back", 12, 24, tilt_deg=-15.0),
+            part(back_center + np.array([0.0, 0.42 * by, -0.04]), (0.45 * bx, 0.15 * by, 0.3 * bz), "back_trim", 6, 16,
+                 tilt_deg=-15.0),
+        ]
+    elif duck.back in ("oxygen tank", "oxygen tanks"):
+        offsets = (0.0,) if duck.back == "oxygen tank" else (-0.35 * bx, 0.35 * bx)
+        for dx in offsets:
+            tank = back_center + np.array([dx, 0.15 * by, 0.0])
+            pieces += [
+                part(tank, (0.1, 0.8 * by, 0.1), "back", 12, 20),
+                part(tank + np.array([0.0, 0.8 * by, 0.0]), (0.04, 0.05, 0.04), "back_trim", 6, 10),
+            ]
+    if duck.tool:
+        pieces += _tool_pieces(duck.tool, body + np.array([bx + 0.07, 0.1 * by, 0.35 * bz]), part)
+    return pieces
+
+
+def _tool_pieces(tool: str, grip: np.ndarray, part) -> list:
+    """A tool held upright beside the right wing: a handle (tool_a) and a head (tool_b)."""
+    handle = part(grip + np.array([0.0, 0.12, 0.0]), (0.025, 0.3, 0.025), "tool_a", 6, 12, tilt_deg=10.0)
+    top = grip + np.array([0.0, 0.4, 0.05])
+    heads = {
+        "fire axe": part(top + np.array([0.0, 0.0, 0.07]), (0.02, 0.08, 0.11), "tool_b", 8, 12),
+        "hammer": part(top, (0.05, 0.05, 0.12), "tool_b", 8, 12),
+        "wrench": part(top, (0.03, 0.07, 0.07), "tool_b", 8, 12),
+        "flag": part(top + np.array([0.0, 0.0, 0.16]), (0.012, 0.1, 0.15), "tool_b", 6, 12),
+        "hose nozzle": part(top + np.array([0.0, -0.05, 0.08]), (0.045, 0.045, 0.16), "tool_b", 8, 12),
+    }
+    return [handle, heads[tool]]
+
+
+def _paint_kit(duck: ThemedDuck) -> np.ndarray:
+    """The kit's atlas: shaded base colours, decal on the helmet front, reflective stripes, tool materials."""
+    atlas = np.zeros((_KIT_ATLAS, _KIT_ATLAS, 4), np.float64)
+    atlas[..., 3] = 255.0
+
+    def fill(region, rgb, shade_top=1.1, shade_bottom=0.8):
+        r0, r1, c0, c1 = _KIT_REGIONS[region]
+        v = (np.arange(r0, r1) + 0.5 - r0) / (r1 - r0)  # 0 at the piece's top latitude
+        shade = shade_top + (shade_bottom - shade_top) * v
+        atlas[r0:r1, c0:c1, :3] = np.asarray(rgb, np.float64) * shade[:, None, None]
+
+    def coords(region):
+        r0, r1, c0, c1 = _KIT_REGIONS[region]
+        rows, cols = np.mgrid[r0:r1, c0:c1].astype(np.float64)
+        return (slice(r0, r1), slice(c0, c1)), (cols + 0.5 - c0) / (c1 - c0), (rows + 0.5 - r0) / (r1 - r0)
+
+    if duck.headwear:
+        base = COLOURS[duck.headwear_colour]
+        if duck.headwear == "glass dome helmet":
+            fill("hat_trim", base, 1.15, 0.85)
+            where, u, v = coords("dome")
+            glass = np.array([200.0, 228.0, 245.0]) * (1.05 - 0.25 * v)[..., None]
+            glint = (np.abs((u - 0.42) - 0.3 * (v - 0.3)) < 0.025) & (v < 0.55)
+            atlas[where][..., :3] = np.where(glint[..., None], 252.0, glass)
+        else:
+            fill("hat", base)
+            fill("hat_trim", base, 0.95, 0.75)
+        if duck.decal:
+            region = "dome" if duck.headwear == "glass dome helmet" else "hat"
+            where, u, v = coords(region)
+            # The decal sits on the front (longitude 0 is the middle column), low on the cap.
+            x, y = (u - 0.5) * 2 * math.pi * 0.55, (v - 0.72) * 1.2
+            mask = _decal_mask(duck.decal, x / 0.28, y / 0.28)
+            atlas[where][..., :3] = np.where(mask[..., None], np.asarray(COLOURS[duck.decal_colour], float),
+                                             atlas[where][..., :3])
+    if duck.vest_colour:
+        fill("vest", COLOURS[duck.vest_colour], 1.05, 0.85)
+        where, u, v = coords("vest")
+        stripes = (np.abs(v - 0.3) < 0.07) | (np.abs(v - 0.68) < 0.07)
+        sheen = 1.0 + 0.15 * np.cos(u * 40 * math.pi)
+        stripe = np.asarray(COLOURS[duck.stripe_colour], float)[None, None, :] * sheen[..., None]
+        atlas[where][..., :3] = np.where(stripes[..., None], stripe, atlas[where][..., :3])
+    if duck.back:
+        fill("back", COLOURS[duck.back_colour], 1.15, 0.8)
+        fill("back_trim", COLOURS["grey"] if duck.back != "backpack" else COLOURS[duck.back_colour], 0.9, 0.6)
+        if duck.back != "backpack":
+            where, u, v = coords("back")
+            bands = (np.abs(v - 0.2) < 0.03) | (np.abs(v - 0.8) < 0.03)
+            atlas[where][..., :3] = np.where(bands[..., None], 60.0, atlas[where][..., :3])
+    if duck.tool:
+        handle = {"fire axe": "brown", "hammer": "brown", "wrench": "silver", "flag": "silver",
+                  "hose nozzle": "black"}[duck.tool]
+        head = {"fire axe": "red", "hammer": "grey", "wrench": "silver", "flag": "white",
+                "hose nozzle": "gold"}[duck.tool]
+        fill("tool_a", COLOURS[handle], 1.05, 0.85)
+        fill("tool_b", COLOURS[head], 1.1, 0.8)
+        if duck.tool == "flag":
+            where, u, v = coords("tool_b")
+            rows = np.floor(v * 6) % 2 == 0
+            atlas[where][..., :3] = np.where(rows[..., None], np.asarray(COLOURS["red"], float), 245.0)
+    return np.clip(np.round(atlas), 0, 255).astype(np.uint8)
+
+
+def _decal_mask(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """A unit-size decal centred at (0, 0), y pointing down the texture."""
+    r = np.hypot(x, y)
+    if shape == "circle":
+        return r < 0.8
+    if shape == "cross":
+        return ((np.abs(x) < 0.25) & (np.abs(y) < 0.8)) | ((np.abs(y) < 0.25) & (np.abs(x) < 0.8))
+    if shape == "shield":
+        return (np.abs(x) < 0.7 * np.where(y < 0, 1.0, 1.0 - y)) & (y > -0.7) & (y < 0.9)
+    if shape == "star":
+        angle = np.arctan2(x, -y)
+        spikes = 0.45 + 0.45 * np.abs(np.cos(2.5 * angle))
+        return r < spikes
+    raise ValueError(f"unknown decal {shape!r}")
