@@ -2,6 +2,7 @@
 
 Same component layout and call signatures as stabilityai/stable-diffusion-xl-base-1.0, ~10M parameters.
 Saved with `build_tiny_sdxl(path)` it is a diffusers folder that loads with local_files_only=True.
+`write_tiny_clip(path)` writes a tiny random CLIPModel folder (a stand-in scorer for the evaluation).
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+)
 
 from mvtune.models.configs import TINY_UNET_CONFIG
 
@@ -109,3 +118,39 @@ def build_tiny_sdxl(path: str | os.PathLike | None = None, seed: int = 0) -> dic
     if path is not None:
         StableDiffusionXLPipeline(**components).save_pretrained(path)
     return components
+
+
+#: Input size of the tiny CLIP's vision tower (4 x 4 patches of 8 px).
+TINY_CLIP_IMAGE_SIZE = 32
+
+
+def write_tiny_clip(path: str | os.PathLike, seed: int = 0) -> Path:
+    """A random ~40k-parameter CLIPModel with tokenizer and image processor config, saved as a transformers folder.
+
+    Same files as openai/clip-vit-large-patch14 (config.json, weights, vocab.json/merges.txt,
+    preprocessor_config.json), so `load_scorer` reads it like a real CLIP; its scores are random but fixed.
+    """
+    try:
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # transformers 4: CLIPImageProcessor is the PIL one
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    tokenizer = write_tiny_clip_tokenizer(path)
+    text = _text_config(len(tokenizer), 32, 16)
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=TINY_CLIP_IMAGE_SIZE,
+        patch_size=8,
+        projection_dim=16,
+    )
+    model = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16))
+    model.eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    size = TINY_CLIP_IMAGE_SIZE
+    ImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
+    return path
