@@ -486,5 +486,135 @@ def demo(
     print(out_dir.resolve())
 
 
+pipeline_app = typer.Typer(help="Experiments: every stage from one file, locally or as chained Slurm jobs.",
+                           no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+
+
+def _experiment_folder(exp_dir: Path):
+    from mvtune.pipeline import EXIT_USAGE
+    from mvtune.pipeline.experiment import ExperimentError
+    from mvtune.pipeline.state import load_folder
+
+    try:
+        return load_folder(exp_dir)
+    except ExperimentError as exc:
+        _fail(str(exc), code=EXIT_USAGE)
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    experiment: Path = typer.Argument(..., help="Experiment YAML (stages, their settings, Slurm resources)."),
+    executor: str = typer.Option("local", help="local (stages in order on this machine) or slurm (sbatch chain)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="slurm: write and print the scripts and sbatch lines, submit nothing."),
+) -> None:
+    """Run an experiment; a rerun redoes only unfinished stages/shards and what depends on them.
+    Exit codes: 0 done/submitted, 1 a stage failed, 2 bad experiment, 4 Slurm refused."""
+    from mvtune.pipeline import EXIT_SLURM, EXIT_USAGE
+    from mvtune.pipeline.experiment import ExperimentError, check_experiment, load_experiment
+
+    if executor not in ("local", "slurm"):
+        _fail(f"--executor must be local or slurm, got {executor!r}", code=EXIT_USAGE)
+    try:
+        exp = load_experiment(experiment)
+        check_experiment(exp)
+    except ExperimentError as exc:
+        _fail(f"{experiment}: {exc}", code=EXIT_USAGE)
+    if executor == "local":
+        from mvtune.pipeline.local import run_local
+
+        def on_step(stage: str, shard, event: str) -> None:
+            name = stage if shard is None else f"{stage}[{shard}]"
+            colour = {"done": "green", "skip": "dim", "start": "bold"}.get(event, "red")
+            console.print(f"[{colour}]{name}[/]: {'already done' if event == 'skip' else event}")
+
+        code = run_local(exp, on_step)
+        console.print(f"experiment folder {exp.dir} (`mvtune pipeline status {exp.dir}`)")
+        raise typer.Exit(code)
+    from mvtune.pipeline.slurm import SlurmError, run_slurm
+
+    try:
+        code = run_slurm(exp, dry_run=dry_run, echo=print)
+    except SlurmError as exc:
+        _fail(str(exc), code=EXIT_SLURM)
+    if not dry_run:
+        console.print(f"submitted; follow with `mvtune pipeline status {exp.dir}`")
+    raise typer.Exit(code)
+
+
+@pipeline_app.command("status")
+def pipeline_status(
+    exp_dir: Path = typer.Argument(..., help="Experiment folder (holds experiment.yaml and pipeline.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+) -> None:
+    """Each stage's and shard's state, job, restarts, failure reason and log.
+    Exit codes: 0 all done, 1 something failed or was cancelled, 3 jobs still queued or running."""
+    from mvtune.pipeline.status import experiment_status, overall, rows_json
+
+    exp = _experiment_folder(exp_dir)
+    rows = experiment_status(exp)
+    if as_json:
+        print(json.dumps(rows_json(rows), indent=2))
+    else:
+        table = Table(title=f"experiment {exp.name} ({exp.dir})")
+        for column in ("stage", "shard", "state", "job", "restarts", "reason / log"):
+            table.add_column(column)
+        for r in rows:
+            colour = {"DONE": "green", "RUNNING": "cyan", "PENDING": "yellow", "NOT_RUN": "dim"}.get(r.state, "red")
+            detail = r.reason or ""
+            if r.log and r.state != "DONE":
+                detail = f"{detail}\n{r.log}" if detail else r.log
+            table.add_row(r.stage, "" if r.shard is None else str(r.shard), f"[{colour}]{r.state}[/]", r.job or "",
+                          str(r.restarts or ""), detail)
+        Console(soft_wrap=True).print(table)
+    raise typer.Exit(overall(rows))
+
+
+@pipeline_app.command("cancel")
+def pipeline_cancel(exp_dir: Path = typer.Argument(..., help="Experiment folder.")) -> None:
+    """scancel the experiment's queued and running jobs (finished stages keep their outputs; rerun to continue)."""
+    from mvtune.pipeline import EXIT_SLURM
+    from mvtune.pipeline.slurm import SlurmError, cancel
+    from mvtune.pipeline.status import active_jobs, experiment_status
+
+    jobs = active_jobs(experiment_status(_experiment_folder(exp_dir)))
+    try:
+        cancel(jobs)
+    except SlurmError as exc:
+        _fail(str(exc), code=EXIT_SLURM)
+    console.print(f"cancelled {len(jobs)} jobs: {' '.join(jobs)}" if jobs else "no queued or running jobs")
+
+
+@pipeline_app.command("mark", hidden=True)
+def pipeline_mark(
+    exp_dir: Path = typer.Argument(...),
+    stage: str = typer.Argument(...),
+    shard: Optional[int] = typer.Option(None),
+    exit_code: int = typer.Option(..., help="The stage command's exit code."),
+    log: Optional[Path] = typer.Option(None, help="The job's log (the failure reason is read from it)."),
+) -> None:
+    """Run by the batch scripts after a stage's command: write its done marker or failure record."""
+    from mvtune.pipeline import EXIT_USAGE
+    from mvtune.pipeline.stages import build_stages, record
+
+    exp = _experiment_folder(exp_dir)
+    stages = {s.name: s for s in build_stages(exp, slurm=True)}
+    if stage not in stages:
+        _fail(f"experiment {exp.name} has no stage {stage!r} (stages: {', '.join(stages)})", code=EXIT_USAGE)
+    code = record(exp, stages[stage], shard, exit_code, log)
+    print(f"[mvtune] {stage}{'' if shard is None else f' shard {shard}'}: {'done' if code == 0 else f'failed ({code})'}")
+    raise typer.Exit(code)
+
+
+@pipeline_app.command("report")
+def pipeline_report(exp_dir: Path = typer.Argument(..., help="Experiment folder.")) -> None:
+    """Write <experiment>/report/index.html and report.json from the stages' outputs."""
+    from mvtune.pipeline.report import write_report
+
+    exp = _experiment_folder(exp_dir)
+    write_report(exp)
+    console.print(f"report: {exp.dir / 'report' / 'index.html'}")
+
+
 if __name__ == "__main__":
     sys.exit(app())
