@@ -35,6 +35,6 @@ def test_demo_end_to_end(tmp_path, cli):
     cli("demo", "--out", out, "--steps", "4", "--render-resolution", "64", "--texture-size", "128")
     summary = json.loads((out / "demo_summary.json").read_text())
     assert Path(summary["textured_glb"]).exists() and Path(summary["held_out_grid"]).exists()
-    assert (Path(summary["run"]) / "export" / "mvadapter_tg2mv.safetensors").exists()
+    assert (Path(summary["run"]) / "export" / "mvadapter_tg2mv_sdxl.safetensors").exists()
     report = json.loads((out / "dataset" / "validation_report.json").read_text())
     assert report["ok"]

@@ -116,6 +116,6 @@ def test_train_is_preempted_requeued_and_resumes_to_max_steps(cluster, ducks, tm
     assert checkpoint_step(resumed) >= checkpoint_step(hpc), summary  # the newest one was picked
     assert f"resuming from {resumed}" in train_log, detail
     assert (run / "checkpoints" / f"step={MAX_STEPS:07d}.ckpt").is_file()
-    assert (run / "export" / "mvadapter_tg2mv.safetensors").is_file()
+    assert (run / "export" / "mvadapter_tg2mv_sdxl.safetensors").is_file()
     print(f"\nslurm requeue timings: first checkpoint {signalled - started:.1f} s, requeue "
           f"{requeued - signalled:.1f} s, finished {finished - requeued:.1f} s later (total {finished - started:.1f} s)")

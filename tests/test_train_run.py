@@ -77,7 +77,7 @@ def test_sigusr1_saves_a_checkpoint_and_exits_cleanly(ducks, tmp_path):
     assert len(saved) == 1 and checkpoint_step(saved[0]) >= 2
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "preempted" and summary["global_step"] == checkpoint_step(saved[0])
-    assert (run / "export" / "mvadapter_tg2mv.safetensors").is_file()
+    assert (run / "export" / "mvadapter_tg2mv_sdxl.safetensors").is_file()
 
 
 def test_demo_trains_and_samples_a_held_out_object(ducks, tmp_path):

@@ -87,7 +87,7 @@ def test_overfitting_one_object_drives_the_loss_down(ducks, tmp_path):
     batch = collate_train([TrainDataModule(cfg).train_set[0]])
     before = fixed_loss(MVAdapterSystem(cfg), batch)
     run = train(cfg)
-    adapter = run / "export" / "mvadapter_tg2mv.safetensors"
+    adapter = run / "export" / "mvadapter_tg2mv_sdxl.safetensors"
     after = fixed_loss(MVAdapterSystem(tiny_config(ducks, tmp_path, model={"adapter": str(adapter)}, **sections)), batch)
     assert after < 0.95 * before, (before, after)
     summary = json.loads((run / "summary.json").read_text())
@@ -103,7 +103,7 @@ def test_saved_adapter_reloads_strict(ducks, tmp_path):
     run = train(tiny_config(ducks, tmp_path, trainer={"max_steps": 2}, checkpoint={"every_n_steps": 2}))
     unet = build_tiny_sdxl(seed=0)["unet"]
     cond = attach_mv_adapter(unet, "tg2mv")
-    report = load_adapter(run / "export" / "mvadapter_tg2mv.safetensors", unet, cond, strict=True)
+    report = load_adapter(run / "export" / "mvadapter_tg2mv_sdxl.safetensors", unet, cond, strict=True)
     assert report.ok
     assert any(p.abs().sum() > 0 for n, p in unet.named_parameters() if "to_out_mv" in n)  # trained, not fresh
 
@@ -216,7 +216,7 @@ def test_lora_file_loads_into_a_fresh_sdxl_pipeline_and_changes_it(ducks, tmp_pa
     lora_file = run / "export" / LORA_FILE
     keys = load_file(lora_file).keys()
     assert keys and all(k.startswith("unet.") and "lora" in k for k in keys) and not any("_mv" in k for k in keys)
-    assert not (run / "export" / "mvadapter_tg2mv.safetensors").exists()  # the adapter stayed frozen
+    assert not (run / "export" / "mvadapter_tg2mv_sdxl.safetensors").exists()  # the adapter stayed frozen
 
     pipe = StableDiffusionXLPipeline(**build_tiny_sdxl(seed=0))
     # The tiny tokenizers have no model_max_length, so the text goes in as embeddings.
@@ -288,7 +288,7 @@ def test_ema_checkpoint_and_export(ducks, tmp_path):
     run = train(cfg)
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["ema"]["optimization_step"] == 3
-    exported = load_file(run / "export" / "mvadapter_tg2mv.safetensors")
+    exported = load_file(run / "export" / "mvadapter_tg2mv_sdxl.safetensors")
     key = next(k for k in exported if "to_out_mv.0.weight" in k)
     raw = state["state_dict"][f"unet.{key}"]
     shadow = state["ema"]["shadow_params"]
@@ -433,3 +433,10 @@ def test_validation_negative_prompt_defaults_to_the_references_none(ducks, tmp_p
     assert cfg.validation.negative_prompt == expected
     train(cfg)
     assert seen and set(seen) == {expected}
+
+
+def test_exported_adapter_files_carry_the_released_names():
+    from mvtune.train.system import adapter_file
+
+    assert adapter_file("tg2mv") == "mvadapter_tg2mv_sdxl.safetensors"
+    assert adapter_file("t2mv") == "mvadapter_t2mv_sdxl.safetensors"

@@ -2,7 +2,7 @@
 
 Run folder (`output.dir/<name>/`):
   config.yaml (resolved, mvtune layout), train.log, summary.json, logs/csv/metrics.csv, logs/tensorboard/,
-  checkpoints/*.ckpt (Lightning, exact resume), export/mvadapter_<variant>.safetensors and/or
+  checkpoints/*.ckpt (Lightning, exact resume), export/mvadapter_<variant>_sdxl.safetensors and/or
   export/pytorch_lora_weights.safetensors (rewritten at every checkpoint), samples/step_*.png.
 """
 

@@ -40,8 +40,9 @@ _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def adapter_file(variant: str) -> str:
-    """The exported adapter's file name (released MV-Adapter format)."""
-    return f"mvadapter_{variant}.safetensors"
+    """The exported adapter's file name: the released one (mvadapter_tg2mv_sdxl.safetensors, ...), so a
+    fine-tuned file drops in where the reference inference scripts load the released weights."""
+    return f"mvadapter_{variant}_sdxl.safetensors"
 
 
 class NonFiniteLossError(RuntimeError):
