@@ -4,19 +4,31 @@ Layout written (spec dataset-format §1, §2): ``OUT/<id[:2]>/<id>/{color,depth,
 plus ``scene_list.json`` (ids), ``captions.json`` (id -> caption), ``manifest.json`` (provenance per object),
 ``errors.jsonl`` (one line per mesh that failed), ``render_config.json`` and ``render_summary.json``.
 
-Crash safety: every file is written atomically, and an object counts as done only when its marker file
-(written last) exists and records the same source hash and settings. A rerun removes whatever a killed run
-left in unfinished object folders and renders them again, so an interrupted run plus a rerun gives the same
-dataset as one uninterrupted run. The top-level files are rebuilt from the per-object records at the end.
+Crash safety: one writer per dataset (mvtune.storage.folder_lock; a second render fails at once naming the
+holder, or waits with ``wait=True``). Each object is rendered into a private ``.<id>.partial`` folder that is
+renamed into place when complete, and counts as done only when its marker (written last) records the same
+source hash and settings and lists every file with its size. A rerun removes what a killed run left and renders
+those objects again, so an interrupted run plus a rerun gives the same dataset as one uninterrupted run.
+The top-level files are rebuilt from the per-object records at the end, in input order.
+
+Shards (``shard=(i, n)``, Slurm array tasks): shard i renders the meshes at input positions k with k % n == i,
+holding the dataset lock in shared mode and its own shard lock, so shards of one dataset run together but never
+touch each other's objects; its index files go to ``.shards/<i>-of-<n>/``. ``merge_shards`` then writes the
+top-level index files, byte-identical to those of one unsharded render of the same meshes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -30,17 +42,23 @@ from urllib.parse import unquote
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mvtune import __version__, cameras
-from mvtune.meshes.load import DEFAULT_MAX_TEXTURE_PIXELS, SUPPORTED_EXTENSIONS
-from mvtune.storage import sha256_file, write_json
+from mvtune.meshes.load import DEFAULT_MAX_TEXTURE_PIXELS, DEFAULT_MAX_TOTAL_TEXTURE_PIXELS, SUPPORTED_EXTENSIONS
+from mvtune.storage import (
+    DONE_MARKER, FolderLockedError, atomic_write, done_marker_ok, folder_lock, sha256_file, write_done_marker,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
-DONE_MARKER = ".mvtune-done.json"
 OBJECT_RECORD = "provenance.json"
 SCENE_LIST = "scene_list.json"
 CAPTIONS = "captions.json"
 MANIFEST = "manifest.json"
 ERRORS = "errors.jsonl"
+RENDER_CONFIG = "render_config.json"
+SHARDS_DIR = ".shards"
+#: Written last into a shard's folder: which shard, its object positions, its config. Present = shard complete.
+SHARD_RECORD = "shard.json"
 #: A worker process that dies (e.g. a driver crash) takes its in-flight objects down; retry them this often.
 MAX_ATTEMPTS = 3
 
@@ -65,6 +83,22 @@ class RenderConfig(BaseModel):
     seed: int = 0
     position: bool = False
     max_texture_pixels: int = Field(DEFAULT_MAX_TEXTURE_PIXELS, ge=1)
+    max_total_texture_pixels: int = Field(DEFAULT_MAX_TOTAL_TEXTURE_PIXELS, ge=1)
+    #: (i, n): render only shard i of n (input positions k with k % n == i); None renders everything.
+    shard: tuple[int, int] | None = None
+
+    @field_validator("shard", mode="before")
+    @classmethod
+    def _parse_shard(cls, value):
+        if isinstance(value, str):
+            try:
+                i, n = (int(v) for v in value.split("/"))
+            except ValueError:
+                raise ValueError(f"{value!r} is not 'i/n' (e.g. 0/4)") from None
+            value = (i, n)
+        if value is not None and not (value[1] >= 1 and 0 <= value[0] < value[1]):
+            raise ValueError(f"shard {value[0]}/{value[1]}: need n >= 1 and 0 <= i < n")
+        return value
 
     @field_validator("layout")
     @classmethod
@@ -84,6 +118,11 @@ class RenderConfig(BaseModel):
         if not path.is_file():
             raise ValueError(f"environment map {value} not found")
         return value
+
+    def record(self) -> dict:
+        """The config as written to render_config.json; the shard is left out, so the shards of one render
+        and an unsharded render of the same meshes write the same file."""
+        return json.loads(self.model_dump_json(exclude={"shard"}))
 
     def settings(self) -> dict:
         """The subset that changes rendered files: a done marker is valid only for the same settings."""
@@ -219,12 +258,19 @@ def read_sidecars(path: Path) -> tuple[str | None, dict]:
 
 
 def is_done(obj_dir: Path, digest: str, settings: dict) -> bool:
-    marker = obj_dir / DONE_MARKER
-    try:
-        record = json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return record.get("source_sha256") == digest and record.get("settings") == settings
+    """Marker present, same source and settings, and every file it lists still there with its size."""
+    return done_marker_ok(obj_dir, {"source_sha256": digest, "settings": settings})
+
+
+def _private_dirs(obj_dir: Path) -> tuple[Path, Path]:
+    """(folder an object is rendered into, folder its outdated render is moved to before deletion)."""
+    return obj_dir.parent / f".{obj_dir.name}.partial", obj_dir.parent / f".{obj_dir.name}.old"
+
+
+def _clear_leftovers(obj_dir: Path) -> None:
+    for leftover in _private_dirs(obj_dir):
+        if leftover.exists():
+            shutil.rmtree(leftover)
 
 
 # ---- worker side -------------------------------------------------------------------------------------------
@@ -279,16 +325,15 @@ def render_object(cfg: RenderConfig, object_id: str, src: Path, digest: str) -> 
     from mvtune.meshes import load_mesh, normalize_mesh
 
     caption, sidecar = read_sidecars(src)
-    mesh = normalize_mesh(load_mesh(src, max_texture_pixels=cfg.max_texture_pixels), up=cfg.up)
+    mesh = load_mesh(src, max_texture_pixels=cfg.max_texture_pixels, max_total_texture_pixels=cfg.max_total_texture_pixels)
+    mesh = normalize_mesh(mesh, up=cfg.up)
     views = cameras.layout(cfg.layout, seed=cfg.seed)
 
     obj_dir = object_dir(cfg.out_dir, object_id)
-    if obj_dir.exists():  # leftovers of an interrupted or outdated render
-        # Marker first: rmtree's order is arbitrary, and a kill mid-rmtree must not leave a "done" folder.
-        (obj_dir / DONE_MARKER).unlink(missing_ok=True)
-        shutil.rmtree(obj_dir)
-    obj_dir.mkdir(parents=True)
-    write_object_views(_worker_renderer(cfg), mesh, views, obj_dir, cfg.position)
+    partial, old = _private_dirs(obj_dir)
+    _clear_leftovers(obj_dir)
+    partial.mkdir(parents=True)
+    write_object_views(_worker_renderer(cfg), mesh, views, partial, cfg.position)
 
     record = {
         "id": object_id,
@@ -304,8 +349,15 @@ def render_object(cfg: RenderConfig, object_id: str, src: Path, digest: str) -> 
         "to_canonical": mesh.to_frame.tolist(),
         **cfg.settings(),
     }
-    write_json(obj_dir / OBJECT_RECORD, record)
-    write_json(obj_dir / DONE_MARKER, {"source_sha256": digest, "settings": cfg.settings()})
+    write_json(partial / OBJECT_RECORD, record)
+    write_done_marker(partial, sorted(p.name for p in partial.iterdir()), {"source_sha256": digest, "settings": cfg.settings()})
+    if obj_dir.exists():  # an outdated render: out of the way first, deleted once the new one is in place
+        # Marker first, so that nothing can take the moved-aside folder for a done object.
+        (obj_dir / DONE_MARKER).unlink(missing_ok=True)
+        os.rename(obj_dir, old)
+    os.rename(partial, obj_dir)
+    if old.exists():
+        shutil.rmtree(old)
     return record
 
 
@@ -316,36 +368,123 @@ def _render_task(cfg: RenderConfig, object_id: str, src: Path, digest: str) -> t
         return object_id, None, f"{type(exc).__name__}: {exc}"
 
 
+#: prctl(2) option: the signal the kernel sends a process when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Bind a render worker's life to its parent's: a killed parent must not leave workers writing into the
+    dataset while the next run (which gets the lock as soon as the parent is gone) renders the same objects."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    else:  # no parent-death signal: watch the parent instead
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(0.2)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+    # Ctrl-C reaches the whole process group: the parent decides, and stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 # ---- driver side -------------------------------------------------------------------------------------------
 
 
-def render_dataset(cfg: RenderConfig, on_progress: Callable[[int, int, str], None] | None = None) -> Summary:
-    """Render every mesh of ``cfg.input`` that is not already done; returns counts and the failures."""
+def shard_dir(out_dir: Path, shard: tuple[int, int]) -> Path:
+    """Where shard i of n keeps its index files (scene list, captions, manifest, errors, shard record)."""
+    return Path(out_dir) / SHARDS_DIR / f"{shard[0]}-of-{shard[1]}"
+
+
+def render_dataset(
+    cfg: RenderConfig, on_progress: Callable[[int, int, str], None] | None = None, *, wait: bool = False
+) -> Summary:
+    """Render every mesh of ``cfg.input`` (or of its shard) that is not already done; returns counts and failures.
+
+    Holds the dataset lock for the whole run (shared with other shards when ``cfg.shard`` is set); a held lock
+    raises DatasetWriteError naming its holder, or is waited for with ``wait``. SIGTERM, like Ctrl-C, stops the
+    workers and raises KeyboardInterrupt; finished objects are kept.
+    """
     start = time.perf_counter()
     meshes = assign_ids(discover_meshes(cfg.input))
     out = cfg.out_dir
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "render_config.json", json.loads(cfg.model_dump_json()))
     except OSError as exc:
         raise DatasetWriteError(f"cannot write to output folder {out}: {exc}") from None
-    for leftover in out.glob(".*.tmp"):  # temp files of a run killed mid-write (see storage.atomic_write)
+    what = f"mvtune render {cfg.input}" + (f" --shard {cfg.shard[0]}/{cfg.shard[1]}" if cfg.shard else "")
+    with contextlib.ExitStack() as held:
+        try:
+            if cfg.shard is None:
+                held.enter_context(folder_lock(out, what, wait=wait))
+            else:
+                held.enter_context(folder_lock(out, what, shared=True, wait=wait))
+                held.enter_context(folder_lock(out, what, name=f"shard-{cfg.shard[0]}-of-{cfg.shard[1]}", wait=wait))
+        except FolderLockedError as exc:
+            raise DatasetWriteError(str(exc)) from None
+        with _sigterm_interrupts():
+            summary = _render_locked(cfg, meshes, on_progress)
+    summary.seconds = round(time.perf_counter() - start, 3)
+    index_dir = out if cfg.shard is None else shard_dir(out, cfg.shard)
+    write_json(index_dir / "render_summary.json", summary.to_json())
+    return summary
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (Slurm's scancel, a pipeline's cancel) takes the Ctrl-C path: workers stopped, no half objects."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _render_locked(cfg: RenderConfig, meshes: dict[str, Path], on_progress) -> Summary:
+    out = cfg.out_dir
+    index_dir = out if cfg.shard is None else shard_dir(out, cfg.shard)
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.shard is None:
+            write_json(out / RENDER_CONFIG, cfg.record())
+        else:
+            (index_dir / SHARD_RECORD).unlink(missing_ok=True)  # unfinished until this run writes it again
+    except OSError as exc:
+        raise DatasetWriteError(f"cannot write to output folder {out}: {exc}") from None
+    for leftover in index_dir.glob(".*.tmp"):  # temp files of a run killed mid-write (see storage.atomic_write)
         leftover.unlink(missing_ok=True)
     captions_override = _load_captions(cfg.captions) if cfg.captions else {}
 
-    summary = Summary(total=len(meshes))
-    errors_path = out / ERRORS
-    errors_path.write_text("")
+    positions = {object_id: k for k, object_id in enumerate(meshes)}
+    owned = {
+        object_id: src for object_id, src in meshes.items()
+        if cfg.shard is None or positions[object_id] % cfg.shard[1] == cfg.shard[0]
+    }
+    summary = Summary(total=len(owned))
+    errors: dict[str, dict] = {}
     todo: list[tuple[str, Path, str]] = []
     digests: dict[str, str] = {}
-    for object_id, src in meshes.items():
+    for object_id, src in owned.items():
+        obj_dir = object_dir(out, object_id)
+        _clear_leftovers(obj_dir)  # of a killed run; only this run (or shard) writes this object
         try:
             digest = source_hash(src)
         except OSError as exc:
-            _record_error(summary, errors_path, object_id, src, f"cannot read source: {exc}")
+            _record_error(summary, errors, object_id, src, f"cannot read source: {exc}")
             continue
         digests[object_id] = digest
-        if is_done(object_dir(out, object_id), digest, cfg.settings()):
+        if is_done(obj_dir, digest, cfg.settings()):
             summary.skipped += 1
         else:
             todo.append((object_id, src, digest))
@@ -358,7 +497,7 @@ def render_dataset(cfg: RenderConfig, on_progress: Callable[[int, int, str], Non
         if error is None:
             summary.rendered += 1
         else:
-            _record_error(summary, errors_path, object_id, meshes[object_id], error)
+            _record_error(summary, errors, object_id, owned[object_id], error)
         if on_progress:
             on_progress(done_count, summary.total, object_id)
 
@@ -368,9 +507,17 @@ def render_dataset(cfg: RenderConfig, on_progress: Callable[[int, int, str], Non
     else:
         _render_in_pool(cfg, todo, finished)
 
-    _write_index(cfg, meshes, captions_override, digests)
-    summary.seconds = round(time.perf_counter() - start, 3)
-    write_json(out / "render_summary.json", summary.to_json())
+    # Input order, not completion order: the same meshes give the same errors.jsonl however they were scheduled.
+    summary.errors = [errors[object_id] for object_id in owned if object_id in errors]
+    ids, captions, manifest = _index_entries(cfg, owned, captions_override, digests)
+    _write_index_files(index_dir, ids, captions, manifest, summary.errors)
+    if cfg.shard is not None:
+        write_json(index_dir / SHARD_RECORD, {
+            "shard": list(cfg.shard),
+            "meshes": len(meshes),
+            "positions": {object_id: positions[object_id] for object_id in owned},
+            "config": cfg.record(),
+        })
     return summary
 
 
@@ -380,7 +527,11 @@ def _render_in_pool(cfg: RenderConfig, todo: list[tuple[str, Path, str]], finish
     pending = list(todo)
     while pending:
         retry: list[tuple[str, Path, str]] = []
-        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(
+            max_workers=cfg.workers, mp_context=get_context("spawn"), initializer=_worker_init,
+            initargs=(os.getpid(),),
+        )
+        try:
             futures: dict[Future, tuple[str, Path, str]] = {
                 pool.submit(_render_task, cfg, *task): task for task in pending
             }
@@ -397,15 +548,30 @@ def _render_in_pool(cfg: RenderConfig, todo: list[tuple[str, Path, str]], finish
                             finished(task[0], None, "worker process died while rendering this mesh")
                         else:
                             retry.append(task)
+        except BaseException:
+            _stop_pool(pool)
+            raise
+        pool.shutdown(wait=True)
         pending = retry
 
 
-def _record_error(summary: Summary, errors_path: Path, object_id: str, src: Path, reason: str) -> None:
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel queued objects and end the running workers now (shutdown alone would let them finish the queue).
+
+    concurrent.futures has no public way to stop busy workers before Python 3.14 (terminate_workers), hence
+    the private process table.
+    """
+    processes = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(10)
+
+
+def _record_error(summary: Summary, errors: dict[str, dict], object_id: str, src: Path, reason: str) -> None:
     summary.failed += 1
-    entry = {"id": object_id, "source": str(src), "reason": reason}
-    summary.errors.append(entry)
-    with open(errors_path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry) + "\n")
+    errors[object_id] = {"id": object_id, "source": str(src), "reason": reason}
     log.error("%s (%s): %s", object_id, src, reason)
 
 
@@ -419,18 +585,17 @@ def _load_captions(path: Path) -> dict[str, str]:
     return data
 
 
-def _write_index(
+def _index_entries(
     cfg: RenderConfig, meshes: dict[str, Path], captions_override: dict[str, str], digests: dict[str, str]
-) -> None:
-    """Rebuild scene list, captions and manifest from the per-object records of every done object.
+) -> tuple[list[str], dict[str, str], dict[str, dict]]:
+    """Scene list, captions and manifest entries of every done object, from the per-object records.
 
     Only renders of the current source bytes and settings count: an object whose re-render failed this run
     keeps its old folder on disk but must not be listed with stale files.
     """
-    out = cfg.out_dir
     ids, captions, manifest = [], {}, {}
     for object_id, src in meshes.items():
-        obj_dir = object_dir(out, object_id)
+        obj_dir = object_dir(cfg.out_dir, object_id)
         if object_id not in digests or not is_done(obj_dir, digests[object_id], cfg.settings()):
             continue
         record = json.loads((obj_dir / OBJECT_RECORD).read_text())
@@ -442,6 +607,71 @@ def _write_index(
         )
         if caption is not None:
             captions[object_id] = caption
-    write_json(out / SCENE_LIST, ids)
-    write_json(out / CAPTIONS, captions)
-    write_json(out / MANIFEST, {"mvtune_version": __version__, "objects": manifest})
+    return ids, captions, manifest
+
+
+def _write_index_files(
+    folder: Path, ids: list[str], captions: dict[str, str], manifest: dict[str, dict], errors: list[dict]
+) -> None:
+    write_json(folder / SCENE_LIST, ids)
+    write_json(folder / CAPTIONS, captions)
+    write_json(folder / MANIFEST, {"mvtune_version": __version__, "objects": manifest})
+    text = "".join(json.dumps(entry) + "\n" for entry in errors)
+    atomic_write(folder / ERRORS, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def merge_shards(out_dir: str | Path, *, wait: bool = False) -> dict:
+    """Assemble the top-level scene_list.json, captions.json, manifest.json, errors.jsonl and render_config.json
+    of a dataset rendered with ``--shard i/n`` from its shards' index files, byte-identical to an unsharded
+    render of the same meshes. Every shard 0..n-1 must have finished; returns counts."""
+    out = Path(out_dir)
+    root = out / SHARDS_DIR
+    folders = sorted(p for p in root.glob("*-of-*") if p.is_dir()) if root.is_dir() else []
+    if not folders:
+        raise DatasetWriteError(f"{out} has no shard outputs ({root}/<i>-of-<n>/); render with --shard i/n first")
+    counts = sorted({p.name.split("-of-", 1)[1] for p in folders})
+    if len(counts) != 1:
+        raise DatasetWriteError(
+            f"{root} holds shards of different splits ({', '.join(p.name for p in folders)}); delete the folders "
+            "of the split you no longer use and merge again"
+        )
+    n = int(counts[0])
+    try:
+        with folder_lock(out, f"mvtune dataset merge {out}", wait=wait):
+            return _merge_locked(out, [shard_dir(out, (i, n)) for i in range(n)])
+    except FolderLockedError as exc:
+        raise DatasetWriteError(str(exc)) from None
+
+
+def _merge_locked(out: Path, folders: list[Path]) -> dict:
+    missing = [f.name for f in folders if not (f / SHARD_RECORD).is_file()]
+    if missing:
+        raise DatasetWriteError(
+            f"shards {', '.join(missing)} in {out / SHARDS_DIR} are missing or unfinished; run (or rerun) "
+            "`mvtune render INPUT OUT --shard i/n` for them, then merge"
+        )
+    records = [json.loads((f / SHARD_RECORD).read_text(encoding="utf-8")) for f in folders]
+    for folder, record in zip(folders, records):
+        if record["config"] != records[0]["config"] or record["meshes"] != records[0]["meshes"]:
+            raise DatasetWriteError(
+                f"shard {folder.name} was rendered with other settings or input than shard {folders[0].name} "
+                f"(see {SHARD_RECORD} in each); rerun it with the same options"
+            )
+    positions: dict[str, int] = {}
+    captions: dict[str, str] = {}
+    manifest: dict[str, dict] = {}
+    ids: list[str] = []
+    errors: list[dict] = []
+    for folder, record in zip(folders, records):
+        positions |= record["positions"]
+        ids += json.loads((folder / SCENE_LIST).read_text(encoding="utf-8"))
+        captions |= json.loads((folder / CAPTIONS).read_text(encoding="utf-8"))
+        manifest |= json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["objects"]
+        errors += [json.loads(line) for line in (folder / ERRORS).read_text(encoding="utf-8").splitlines() if line]
+    ids.sort(key=positions.__getitem__)
+    errors.sort(key=lambda entry: positions[entry["id"]])
+    _write_index_files(
+        out, ids, {i: captions[i] for i in ids if i in captions}, {i: manifest[i] for i in ids}, errors
+    )
+    write_json(out / RENDER_CONFIG, records[0]["config"])
+    return {"shards": len(folders), "objects": len(ids), "failed": len(errors)}
