@@ -91,6 +91,9 @@ def render(
     seed: int = typer.Option(0, help="Seed for random layouts (rand6)."),
     position: bool = typer.Option(False, help="Also write position_NNNN.exr (world XYZ)."),
     max_texture_pixels: Optional[int] = typer.Option(None, help="Refuse textures larger than this many pixels (decompression-bomb guard; default 8192x8192)."),
+    max_total_texture_pixels: Optional[int] = typer.Option(None, help="Refuse objects whose textures hold more pixels than this together (default 2x8192x8192)."),
+    shard: Optional[str] = typer.Option(None, help="'i/n': render only shard i of n (Slurm array tasks); then `mvtune dataset merge OUT`."),
+    wait: bool = typer.Option(False, help="Wait for another render holding the dataset's lock instead of failing at once."),
 ) -> None:
     """Render meshes into an Objaverse-Ortho10View / Rand6View-format dataset."""
     from pydantic import ValidationError
@@ -100,8 +103,9 @@ def render(
     try:
         cfg = RenderConfig(
             input=input, out_dir=out_dir, layout=layout, resolution=resolution, workers=workers,
-            captions=captions, lighting=lighting, up=up, seed=seed, position=position,
+            captions=captions, lighting=lighting, up=up, seed=seed, position=position, shard=shard,
             **({} if max_texture_pixels is None else {"max_texture_pixels": max_texture_pixels}),
+            **({} if max_total_texture_pixels is None else {"max_total_texture_pixels": max_total_texture_pixels}),
         )
     except ValidationError as exc:
         _fail(_validation_message(exc, as_options=True))
@@ -112,7 +116,7 @@ def render(
             def on_progress(done: int, total: int, object_id: str) -> None:
                 progress.update(task, completed=done, total=total, item=object_id)
 
-            summary = render_dataset(cfg, on_progress=on_progress)
+            summary = render_dataset(cfg, on_progress=on_progress, wait=wait)
     except DatasetWriteError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -176,6 +180,24 @@ def dataset_split(
         _fail(str(exc))
     for name, count in report["objects"].items():
         console.print(f"{name}: {count} objects in {report['groups'][name]} source groups -> {report['files'][name]}")
+
+
+@dataset_app.command("merge")
+def dataset_merge(
+    root: Path = typer.Argument(..., help="Dataset folder that `mvtune render --shard i/n` runs wrote into."),
+    wait: bool = typer.Option(False, help="Wait for running renders of this dataset instead of failing at once."),
+) -> None:
+    """Assemble scene_list/captions/manifest/errors of a sharded render (identical to an unsharded render's)."""
+    from mvtune.render.dataset import DatasetWriteError, merge_shards
+
+    try:
+        result = merge_shards(root, wait=wait)
+    except DatasetWriteError as exc:
+        _fail(str(exc))
+    console.print(f"merged {result['shards']} shards: {result['objects']} objects, {result['failed']} failed -> {root}")
+    if result["failed"]:
+        console.print(f"all failures: {root / 'errors.jsonl'}")
+        raise typer.Exit(1)
 
 
 @dataset_app.command("cache")
