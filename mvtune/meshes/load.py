@@ -26,6 +26,9 @@ from mvtune.meshes.mesh import NEUTRAL_GREY, Mesh, MeshError, MeshPart
 SUPPORTED_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply")
 #: 8192 x 8192: big enough for any sane baseColor texture, small enough that decoding it cannot exhaust memory.
 DEFAULT_MAX_TEXTURE_PIXELS = 8192 * 8192
+#: All textures of one object together (decoded RGBA: 4 bytes each, ~540 MB at this default): many textures that
+#: each pass the per-texture limit must not add up to gigabytes.
+DEFAULT_MAX_TOTAL_TEXTURE_PIXELS = 2 * 8192 * 8192
 
 
 class UnsupportedFormatError(MeshError):
@@ -52,7 +55,12 @@ class TextureTooLargeError(MeshError):
     """A texture exceeds the pixel limit (decompression-bomb guard)."""
 
 
-def load_mesh(path: str | Path, *, max_texture_pixels: int = DEFAULT_MAX_TEXTURE_PIXELS) -> Mesh:
+def load_mesh(
+    path: str | Path,
+    *,
+    max_texture_pixels: int = DEFAULT_MAX_TEXTURE_PIXELS,
+    max_total_texture_pixels: int = DEFAULT_MAX_TOTAL_TEXTURE_PIXELS,
+) -> Mesh:
     """Read a mesh file into source coordinates (scene-graph transforms applied, `to_frame` identity).
 
     One `MeshPart` per geometry instance and material. Skinned or animated glTF files load in their rest pose
@@ -68,10 +76,16 @@ def load_mesh(path: str | Path, *, max_texture_pixels: int = DEFAULT_MAX_TEXTURE
         raise MeshReadError(f"{path}: file not found")
     warns: list[str] = []
     with _pixel_guard(max_texture_pixels):
+        sizes: list[int] = []
         if ext in (".glb", ".gltf"):
-            warns += _check_gltf(path, max_texture_pixels)
+            warns += _check_gltf(path, max_texture_pixels, sizes)
         elif ext == ".obj":
-            _check_obj(path, max_texture_pixels)
+            _check_obj(path, max_texture_pixels, sizes)
+        if sum(sizes) > max_total_texture_pixels:
+            raise TextureTooLargeError(
+                f"{path}: its {len(sizes)} textures hold {sum(sizes)} pixels together, over the per-object budget "
+                f"of {max_total_texture_pixels} (raise it with --max-total-texture-pixels if you have the memory)"
+            )
         try:
             scene = trimesh.load(path, process=False, force="scene")
         except IndexError as e:
@@ -101,8 +115,9 @@ def _pixel_guard(max_pixels: int):
         Image.MAX_IMAGE_PIXELS = previous
 
 
-def _check_image_header(path: Path, what: str, data: bytes | Path, max_pixels: int) -> None:
-    """Read only the image header: size against the limit, and that PIL recognises the format at all."""
+def _check_image_header(path: Path, what: str, data: bytes | Path, max_pixels: int) -> int:
+    """Read only the image header: size against the limit, and that PIL recognises the format at all; returns
+    the pixel count."""
     try:
         with warnings.catch_warnings():
             # Between one and two times the limit PIL only warns; we raise below with a clearer message.
@@ -117,6 +132,7 @@ def _check_image_header(path: Path, what: str, data: bytes | Path, max_pixels: i
         raise TextureTooLargeError(
             f"{path}: {what} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
         )
+    return width * height
 
 
 def _gltf_header(path: Path) -> tuple[dict, bytes | None]:
@@ -166,7 +182,7 @@ def _uri_bytes(path: Path, uri: str, what: str) -> bytes:
     return target.read_bytes()
 
 
-def _check_gltf(path: Path, max_pixels: int) -> list[str]:
+def _check_gltf(path: Path, max_pixels: int, sizes: list[int]) -> list[str]:
     """Missing/oversized images and skins or animations, from the glTF JSON; returns warnings."""
     header, binary = _gltf_header(path)
     buffers: dict[int, bytes | None] = {}
@@ -196,7 +212,7 @@ def _check_gltf(path: Path, max_pixels: int) -> list[str]:
                 raise MeshReadError(f"{path}: {what} points at a missing buffer view") from e
         else:
             raise TextureMissingError(f"{path}: {what} has neither a uri nor a bufferView")
-        _check_image_header(path, what, blob, max_pixels)
+        sizes.append(_check_image_header(path, what, blob, max_pixels))
 
     notes = []
     if header.get("skins"):
@@ -208,7 +224,7 @@ def _check_gltf(path: Path, max_pixels: int) -> list[str]:
     return []
 
 
-def _check_obj(path: Path, max_pixels: int) -> None:
+def _check_obj(path: Path, max_pixels: int, sizes: list[int]) -> None:
     """The material library and its diffuse maps must exist, parsed the way trimesh parses them."""
     try:
         text = path.read_text(errors="replace")
@@ -233,7 +249,7 @@ def _check_obj(path: Path, max_pixels: int) -> None:
             image = mtl.parent / name
             if not image.is_file():
                 raise TextureMissingError(f"{path}: texture {name!r} referenced by {mtl.name} not found")
-            _check_image_header(path, f"texture {name!r}", image, max_pixels)
+            sizes.append(_check_image_header(path, f"texture {name!r}", image, max_pixels))
 
 
 def _scene_parts(path: Path, scene: trimesh.Scene, max_pixels: int, warns: list[str]) -> list[MeshPart]:
