@@ -336,8 +336,15 @@ BASE_MODEL_HELP = "Local diffusers SDXL folder (SDXL base, DreamShaper XL, ..., 
 def tiny_model(
     out_dir: Path = typer.Argument(..., help="Folder for a tiny random SDXL in diffusers format (~5 MB)."),
     seed: int = typer.Option(0, help="Seed of the random weights."),
+    clip: bool = typer.Option(False, "--clip", help="Write a tiny random transformers CLIP (a scorer) instead."),
 ) -> None:
     """Save a tiny random SDXL pipeline (offline) to try generate/texture/train without downloading weights."""
+    if clip:
+        from mvtune.models.tiny import write_tiny_clip
+
+        write_tiny_clip(out_dir, seed=seed)
+        console.print(f"tiny random CLIP saved to {out_dir} (use it as `--clip {out_dir}`; its scores mean nothing)")
+        return
     from mvtune.models import build_tiny_sdxl
 
     build_tiny_sdxl(out_dir, seed=seed)
@@ -434,6 +441,207 @@ def texture(
         _fail(str(exc), code=1)
     seen = record["bake"]["texel_coverage"]
     console.print(f"textured mesh: {out} ({seen:.1%} of texels seen by a view, the rest filled; record beside it)")
+
+
+@app.command()
+def score(
+    mesh: Path = typer.Option(..., help="The mesh the views were generated for."),
+    views: Path = typer.Option(..., help="A `mvtune generate` run folder with view_0000.png ... view_0005.png."),
+    prompt: Optional[str] = typer.Option(None, help="Prompt for CLIP-T (needs --clip)."),
+    clip: Optional[list[str]] = typer.Option(
+        None, help="Scorer, repeatable: a transformers CLIP folder, or open_clip:ARCH:CHECKPOINT; prefix NAME= to name it."
+    ),
+    up: str = typer.Option("y", help="The mesh file's up axis: y or z."),
+    device: str = typer.Option("cpu", help="Device of the CLIP scorers."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the result to this JSON file."),
+) -> None:
+    """Score six tg2mv views against their mesh: geometric consistency, silhouette IoU, CLIP-T."""
+    from pydantic import ValidationError
+
+    from mvtune.evaluate.score import score_views
+    from mvtune.evaluate.scorers import ScoreError, ScorerSpec, load_scorer
+
+    if up not in ("y", "z"):
+        _fail(f"--up must be y or z, got {up!r}")
+    if (prompt is None) != (not clip):
+        _fail("--prompt and --clip go together: CLIP-T needs a prompt and at least one scorer")
+    try:
+        specs = [ScorerSpec.parse(text) for text in clip or []]
+        scorers = [load_scorer(spec, device=device) for spec in specs]
+        result = score_views(mesh, views, prompt=prompt, scorers=scorers, up=up)
+    except ValidationError as exc:
+        _fail(f"--clip: {_validation_message(exc)}")
+    except ScoreError as exc:
+        _fail(str(exc))
+    if out is not None:
+        from mvtune.storage import write_json
+
+        write_json(out, result)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    _print_score(result)
+
+
+def _print_score(result: dict) -> None:
+    from rich.markup import escape
+
+    from mvtune.cameras import variant_views
+
+    names = variant_views("tg2mv").names
+    table = Table(title="consistency (co-visible pixels, colours 0-255)")
+    for column in ("src -> dst", "MAE", "PSNR dB", "pixels"):
+        table.add_column(column, justify="right")
+    for pair in result["consistency"]["pairs"]:
+        if pair["pixels"]:
+            table.add_row(
+                f"{names[pair['src']]} -> {names[pair['dst']]}", f"{pair['mae']:.2f}", f"{pair['psnr']:.1f}", str(pair["pixels"])
+            )
+    overall = result["consistency"]
+    if overall["pixels"]:
+        table.add_row("[bold]all pairs", f"[bold]{overall['mae']:.2f}", f"[bold]{overall['psnr']:.1f}", str(overall["pixels"]))
+    console.print(table)
+    iou = result["silhouette"]["iou"]
+    console.print("silhouette IoU: " + ", ".join(f"{n} {v:.3f}" for n, v in zip(names, iou)) + f"; mean {result['silhouette']['mean']:.3f}")
+    for name, scores in result["clip_t"].items():
+        console.print(f"CLIP-T {escape(name)}: mean {scores['mean']:.2f} (" + ", ".join(f"{v:.1f}" for v in scores["per_view"]) + ")")
+
+
+def _run_evaluation(description: str, call):
+    """Run an evaluation-style call under a progress bar; suite/evaluation errors exit 2 with one line."""
+    from mvtune.evaluate.run import EvaluateError
+    from mvtune.evaluate.suite import SuiteError
+
+    with _progress() as progress:
+        task = progress.add_task(description, total=None, item="")
+
+        def on_progress(done: int, total: int, item: str) -> None:
+            progress.update(task, completed=done, total=total, item=item)
+
+        try:
+            return call(on_progress)
+        except (SuiteError, EvaluateError) as exc:
+            _fail(str(exc))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def evaluate(
+    ctx: typer.Context,
+    suite: Path = typer.Argument(..., help="Evaluation suite YAML (models, meshes, prompts, seeds, sampling, scorers)."),
+    out: Path = typer.Option(..., "--out", help="Output folder (cells, summary.json, report.html); a rerun resumes."),
+    run: Optional[Path] = typer.Option(None, "--run", help="A training run folder: its metrics.csv curves go in the report."),
+) -> None:
+    """Compare models against the first (the reference) on paired cells. Extra args are key=value overrides."""
+    from mvtune.evaluate.run import evaluate_suite, headline
+    from mvtune.evaluate.suite import SuiteError, load_suite
+
+    overrides = list(ctx.args)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        _fail(f"overrides must look like key=value (e.g. seeds=[0,1]), got {bad}")
+    try:
+        cfg = load_suite(suite, overrides)
+    except SuiteError as exc:
+        _fail(str(exc))
+    if run is not None and not (run / "logs" / "csv" / "metrics.csv").is_file():
+        _fail(f"--run {run}: no logs/csv/metrics.csv in it; give a `mvtune train` run folder")
+    summary = _run_evaluation("evaluate", lambda on_progress: evaluate_suite(cfg, out, run_dir=run,
+                                                                              on_progress=on_progress))
+    table = Table(title=f"{summary['suite']}: model - {summary['reference']} ({round(100 * summary['confidence'])}% CI)")
+    for column in ("model", "group", "metric", "difference", "interval", "units", "verdict"):
+        table.add_column(column, justify="right" if column in ("difference", "interval", "units") else "left")
+    from mvtune.evaluate.report import fmt, metric_label
+
+    colours = {"better": "green", "worse": "red"}
+    for row in headline(summary):
+        colour = colours.get(row["verdict"], "white")
+        table.add_row(row["model"], row["group"], metric_label(row["metric"]), fmt(row["diff"]),
+                      f"[{fmt(row['low'])}, {fmt(row['high'])}]", str(row["n"]), f"[{colour}]{row['verdict']}[/]")
+    console.print(table)
+    for model, f in summary["forgetting"].items():
+        console.print(f"forgetting score {model}: {fmt(f['score'])} CLIP-T points [{fmt(f['low'])}, {fmt(f['high'])}]"
+                      f" ({f['verdict']})")
+    console.print(f"report: {out / 'report.html'}")
+    if summary["errors"]:
+        _fail(f"{summary['errors']} of {summary['counts']['cells']} cells failed; see {out / 'errors.jsonl'}", code=1)
+
+
+@app.command()
+def probe(
+    concepts: Path = typer.Argument(..., help="Concepts YAML (see examples/concepts/ducks.yaml)."),
+    out: Path = typer.Option(..., "--out", help="Output folder (probe.json, probe.html, cells); a rerun resumes."),
+    base_model: Path = typer.Option(..., help="Local diffusers SDXL folder of the reference model."),
+    adapter: Optional[Path] = typer.Option(None, help="MV-Adapter weights (e.g. mvadapter_tg2mv_sdxl.safetensors)."),
+    lora: Optional[list[Path]] = typer.Option(None, help="LoRA file, repeatable."),
+    lora_scale: Optional[list[float]] = typer.Option(None, help="Scale per --lora, same order."),
+    clip: list[str] = typer.Option(..., help="Scorer, repeatable: a transformers CLIP folder or open_clip:ARCH:CHECKPOINT."),
+    mesh: Optional[list[Path]] = typer.Option(None, help="Mesh file, repeatable (default: 2 built-in sample ducks)."),
+    dataset: Optional[Path] = typer.Option(None, help="Or a rendered dataset: its --split objects."),
+    split: str = typer.Option("test", help="Split of --dataset: train, val or test."),
+    limit: int = typer.Option(3, min=1, help="At most this many dataset objects."),
+    seeds: str = typer.Option("0,1", help="Comma-separated seeds."),
+    prompts: int = typer.Option(2, min=1, help="Prompts per concept."),
+    steps: int = typer.Option(30, min=1),
+    guidance: float = typer.Option(3.0),
+    resolution: int = typer.Option(768, min=32),
+    device: str = typer.Option("auto", help="auto (cuda when there is one), cpu or cuda."),
+    known: float = typer.Option(0.7, help="Mean attribute presence from which a concept counts as known."),
+    weak: float = typer.Option(0.4, help="... as weak (below: unknown)."),
+) -> None:
+    """Rank concepts known / weak / unknown for the reference model, before buying data."""
+    from pydantic import ValidationError
+
+    from mvtune.evaluate.probe import Thresholds, run_probe
+    from mvtune.evaluate.scorers import ScoreError, ScorerSpec
+    from mvtune.evaluate.suite import SuiteError, check_suite, parse_suite
+
+    try:
+        thresholds = Thresholds(known=known, weak=weak)
+        specs = [ScorerSpec.parse(text).model_dump(mode="json") for text in clip]
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValidationError as exc:
+        _fail(_validation_message(exc, as_options=True))
+    except (ScoreError, ValueError) as exc:
+        _fail(f"--clip/--seeds: {exc}")
+    meshes: dict = {"files": [str(p) for p in mesh or []]}
+    if dataset is not None:
+        meshes.update(dataset=str(dataset), split=split, limit=limit)
+    elif not mesh:
+        from mvtune.meshes import write_sample_meshes
+
+        meshes["files"] = [str(p) for p in write_sample_meshes(out / "meshes", count=2)]
+    raw = {
+        "name": f"probe {concepts.name}",
+        "models": [{"name": "reference", "base_model": str(base_model), "adapter": None if adapter is None
+                    else str(adapter), "loras": _lora_specs(lora, lora_scale)}],
+        "meshes": meshes,
+        "prompts": {"concepts": str(concepts), "per_concept": prompts, "generic": 0},
+        "seeds": seed_list,
+        "sampling": {"steps": steps, "guidance": guidance, "resolution": resolution},
+        "scorers": specs,
+        "device": device,
+    }
+    try:
+        cfg = parse_suite(json.loads(json.dumps(raw, default=str)))
+        check_suite(cfg)
+    except SuiteError as exc:
+        _fail(str(exc))
+    result = _run_evaluation("probe", lambda on_progress: run_probe(cfg, out, thresholds, on_progress=on_progress))
+    from mvtune.evaluate.report import fmt
+
+    table = Table(title=f"concept probe ({result['scorer']}; known >= {fmt(known)}, weak >= {fmt(weak)})")
+    for column in ("concept", "rank", "presence", "CLIP-T", "per attribute"):
+        table.add_column(column)
+    colours = {"known": "green", "weak": "yellow", "unknown": "red"}
+    for name in result["order"]:
+        c = result["concepts"][name]
+        table.add_row(name, f"[{colours[c['rank']]}]{c['rank']}[/]", fmt(c["presence"]), fmt(c["clip_t"]),
+                      ", ".join(f"{k} {fmt(v)}" for k, v in c["attributes"].items()))
+    console.print(table)
+    console.print(f"probe: {out / 'probe.json'}, report: {out / 'probe.html'}")
+    if result["errors"]:
+        _fail(f"{result['errors']} cells failed; see {out / 'errors.jsonl'}", code=1)
 
 
 @app.command()

@@ -260,6 +260,9 @@ def score_views(
     from mvtune.render import RenderError
 
     bg = _background(background)
+    names = [scorer.name for scorer in scorers]
+    if len(set(names)) != len(names):
+        raise ScoreError(f"scorer names must be distinct, got {names}; name them (NAME=PATH on the command line)")
     images = read_views(views, bg) if isinstance(views, (str, Path)) else [np.asarray(im) for im in views]
     if len(images) != NUM_VIEWS:
         raise ScoreError(f"{VARIANT} scoring needs {NUM_VIEWS} views, got {len(images)}")
