@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -61,6 +62,104 @@ def _check_variant(variant: str) -> None:
 
     if variant not in VARIANTS:
         _fail(f"--variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+
+
+class _DefaultSubcommandGroup(typer.core.TyperGroup):
+    """A group whose first argument, when it is not a subcommand, goes to a default one:
+    `mvtune prompts FILE ...` samples, `mvtune prompts check FILE` checks."""
+
+    default_command = "sample"
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+prompts_app = typer.Typer(
+    cls=_DefaultSubcommandGroup, no_args_is_help=True,
+    help="Prompt sets from a concepts file, and the protected-IP guard: `mvtune prompts CONCEPTS.yaml --count N "
+    "--out prompts.jsonl`, `mvtune prompts check FILE|-`.",
+)
+app.add_typer(prompts_app, name="prompts")
+
+
+@prompts_app.command("sample")
+def prompts_sample(
+    concepts: Path = typer.Argument(..., help="Concepts YAML (subjects, concepts with attribute pools, styles, templates)."),
+    count: int = typer.Option(..., min=1, help="Prompts per concept (its fixed prompts first)."),
+    out: Path = typer.Option(..., "--out", help="Prompts JSONL to write (one row per prompt)."),
+    seed: Optional[int] = typer.Option(None, help="Sampling seed (default: the file's `seed`)."),
+    allow_protected: bool = typer.Option(False, help="Keep prompts that name a protected term; the term is recorded in each row's `override`."),
+) -> None:
+    """Sample N distinct prompts per concept, deterministically; every prompt passes the protected-IP guard."""
+    from mvtune.prompts import PromptsError, ProtectedPromptError, iter_prompts, load_concepts, write_prompt_rows
+
+    try:
+        concept_set = load_concepts(concepts)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        total = count * len(concept_set.concepts)
+        with _progress() as progress:
+            task = progress.add_task("prompts", total=total, item="")
+
+            def rows():
+                for k, row in enumerate(iter_prompts(concept_set, count, seed, override=allow_protected), 1):
+                    progress.update(task, completed=k, item=row.id)
+                    yield row
+
+            written = write_prompt_rows(out, rows())
+    except ProtectedPromptError as exc:
+        _fail(f"{concepts}: {exc} (or pass --allow-protected)")
+    except PromptsError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc}")
+    console.print(f"wrote {written} prompts ({count} per concept, {len(concept_set.concepts)} concepts) to {out}")
+
+
+@prompts_app.command("check")
+def prompts_check(
+    file: str = typer.Argument(..., help="Prompts file: one prompt a line, or a prompts JSONL; '-' reads standard input."),
+    terms: Optional[Path] = typer.Option(None, help="Extra protected terms: a concepts YAML (its protected_terms) or a text file, one a line."),
+) -> None:
+    """Print each prompt that names a protected term, with the term; exit 1 if any is flagged, 0 otherwise."""
+    from mvtune.prompts import PromptsError, find_protected, load_concepts
+
+    if file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(f"cannot read prompts file {file}: {exc}")
+    extra: list[str] = []
+    if terms is not None:
+        try:
+            if terms.suffix in (".yaml", ".yml"):
+                extra = load_concepts(terms).protected_terms
+            else:
+                extra = [t.strip() for t in terms.read_text(encoding="utf-8").splitlines() if t.strip()]
+        except (PromptsError, OSError, UnicodeDecodeError) as exc:
+            _fail(f"--terms {terms}: {exc}")
+    flagged = checked = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        prompt, where = line.strip(), f"line {number}"
+        if prompt.startswith("{"):
+            try:
+                row = json.loads(prompt)
+                prompt, where = str(row["prompt"]), f"line {number} ({row.get('id', '?')})"
+            except (json.JSONDecodeError, KeyError, TypeError):
+                _fail(f"{file} line {number}: looks like JSON but is not a prompt row with a 'prompt' key")
+        checked += 1
+        term = find_protected(prompt, extra)
+        if term is not None:
+            flagged += 1
+            print(f"{where}: {term}: {prompt}")
+    console.print(f"{checked} prompts checked, {flagged} flagged")
+    if flagged:
+        raise typer.Exit(1)
 
 
 @app.command()
