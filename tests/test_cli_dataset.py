@@ -58,3 +58,34 @@ def test_bad_option_values_exit_2_naming_the_option(tmp_path, cli):
     blocker.write_text("")
     result = cli("samples", blocker / "sub", expect=2)
     assert "cannot write" in result.stderr
+
+
+def test_gltf_vertex_colours_are_linear_ply_colours_srgb(tmp_path, ctx):
+    """glTF 2.0 defines COLOR_0 as linear: linear 0.5 (byte 128) displays as sRGB 188; a PLY's 128 stays 128."""
+    import numpy as np
+    import trimesh
+
+    from mvtune import cameras
+    from mvtune.meshes import load_mesh
+    from mvtune.render import Renderer
+
+    box = trimesh.creation.box(extents=(0.8, 0.8, 0.8))
+    box.visual = trimesh.visual.ColorVisuals(box, vertex_colors=np.tile([128, 128, 128, 255], (len(box.vertices), 1)))
+    box.export(tmp_path / "box.glb")
+    box.export(tmp_path / "box.ply")
+    renderer = Renderer(32, lighting="albedo", ctx=ctx)
+    centre = {}
+    for suffix in ("glb", "ply"):
+        mesh = load_mesh(tmp_path / f"box.{suffix}")
+        color = renderer.render(mesh, [cameras.ortho10()[0]])[0].color
+        centre[suffix] = int(color[16, 16, 0])
+    assert abs(centre["glb"] - 188) <= 1 and abs(centre["ply"] - 128) <= 1, centre
+
+
+def test_render_settings_record_the_colour_rules():
+    """Datasets rendered while COLOR_0 was read as sRGB must not count as done (their marker's settings differ)."""
+    from mvtune.meshes.load import COLOR_RULES_VERSION
+    from mvtune.render.dataset import RenderConfig
+
+    assert COLOR_RULES_VERSION >= 2
+    assert RenderConfig(input=".", out_dir="x").settings()["color_rules"] == COLOR_RULES_VERSION

@@ -21,9 +21,12 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-from mvtune.meshes.mesh import NEUTRAL_GREY, Mesh, MeshError, MeshPart
+from mvtune.meshes.mesh import NEUTRAL_GREY, Mesh, MeshError, MeshPart, linear_to_srgb
 
 SUPPORTED_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply")
+#: Bumped whenever the same file loads into other colours; part of the render settings, so a dataset rendered
+#: under older rules re-renders. 2: glTF COLOR_0 is read as linear (glTF 2.0), it was taken as sRGB.
+COLOR_RULES_VERSION = 2
 #: 8192 x 8192: big enough for any sane baseColor texture, small enough that decoding it cannot exhaust memory.
 DEFAULT_MAX_TEXTURE_PIXELS = 8192 * 8192
 #: All textures of one object together (decoded RGBA: 4 bytes each, ~540 MB at this default): many textures that
@@ -352,16 +355,28 @@ def _apply_visual(path: Path, geometry: trimesh.Trimesh, part: MeshPart, max_pix
             warns.append(f"{path.name}: part {part.name!r} has a texture but no valid UVs; texture ignored")
         colors = visual.vertex_attributes.get("color") if hasattr(visual, "vertex_attributes") else None
         if part.texture is None and colors is not None and len(colors) == count:
-            part.vertex_colors = _rgba_uint8(colors)
+            part.vertex_colors = _vertex_colors(path, colors)
         if factor is not None:
             part.color_factor = tuple(float(c) for c in np.asarray(factor, dtype=np.float64) / 255.0)
         elif part.texture is None and part.vertex_colors is None:
             part.color_factor = NEUTRAL_GREY
     elif isinstance(visual, trimesh.visual.ColorVisuals) and visual.kind in ("vertex", "face"):
         # Face colours become per-vertex averages: the renderer interpolates vertex colours only.
-        part.vertex_colors = _rgba_uint8(visual.vertex_colors)
+        part.vertex_colors = _vertex_colors(path, visual.vertex_colors)
     else:
         part.color_factor = NEUTRAL_GREY
+
+
+def _vertex_colors(path: Path, colors: np.ndarray) -> np.ndarray:
+    """RGBA uint8 in MeshPart's convention (sRGB-encoded). glTF 2.0 defines COLOR_0 as linear, so glTF colours
+    are encoded here (alpha stays linear); PLY and OBJ colours are display values, i.e. sRGB already."""
+    rgba = _rgba_uint8(colors)
+    if path.suffix.lower() not in (".glb", ".gltf"):
+        return rgba
+    colors = np.asarray(colors)
+    linear = colors[:, :3].astype(np.float64) / (1.0 if colors.dtype.kind == "f" else 255.0)
+    rgba[:, :3] = np.round(linear_to_srgb(linear) * 255.0).astype(np.uint8)
+    return rgba
 
 
 def _rgba_uint8(colors: np.ndarray) -> np.ndarray:

@@ -11,6 +11,18 @@ import numpy as np
 NEUTRAL_GREY = (0.214, 0.214, 0.214, 1.0)
 
 
+def srgb_to_linear(values: np.ndarray) -> np.ndarray:
+    """sRGB-encoded [0, 1] values to linear (float32)."""
+    values = np.asarray(values, dtype=np.float32)
+    return np.where(values <= 0.04045, values / 12.92, ((values + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def linear_to_srgb(values: np.ndarray) -> np.ndarray:
+    """Linear [0, 1] values to sRGB-encoded ones (float32)."""
+    values = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
+    return np.where(values <= 0.0031308, 12.92 * values, 1.055 * values ** (1.0 / 2.4) - 0.055).astype(np.float32)
+
+
 class MeshError(Exception):
     """A mesh that cannot be imported; the message names the file and what is wrong with it."""
 

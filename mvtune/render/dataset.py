@@ -42,7 +42,9 @@ from urllib.parse import unquote
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mvtune import __version__, cameras
-from mvtune.meshes.load import DEFAULT_MAX_TEXTURE_PIXELS, DEFAULT_MAX_TOTAL_TEXTURE_PIXELS, SUPPORTED_EXTENSIONS
+from mvtune.meshes.load import (
+    COLOR_RULES_VERSION, DEFAULT_MAX_TEXTURE_PIXELS, DEFAULT_MAX_TOTAL_TEXTURE_PIXELS, SUPPORTED_EXTENSIONS,
+)
 from mvtune.storage import (
     DONE_MARKER, FolderLockedError, atomic_write, done_marker_ok, folder_lock, sha256_file, write_done_marker,
     write_json,
@@ -128,6 +130,7 @@ class RenderConfig(BaseModel):
         """The subset that changes rendered files: a done marker is valid only for the same settings."""
         return {
             "renderer": f"mvtune {__version__}",
+            "color_rules": COLOR_RULES_VERSION,
             "layout": self.layout,
             "resolution": self.resolution,
             "lighting": self.lighting,

@@ -29,7 +29,7 @@ import moderngl
 import numpy as np
 
 from mvtune.cameras import View
-from mvtune.meshes.mesh import Mesh, MeshPart
+from mvtune.meshes.mesh import Mesh, MeshPart, srgb_to_linear
 from mvtune.render.lighting import easylight_sh
 
 log = logging.getLogger(__name__)
@@ -239,12 +239,6 @@ void main() {
     out_color = vec4(srgb, c.a);
 }
 """
-
-
-def srgb_to_linear(values: np.ndarray) -> np.ndarray:
-    """sRGB-encoded [0, 1] values to linear."""
-    values = np.asarray(values, dtype=np.float32)
-    return np.where(values <= 0.04045, values / 12.92, ((values + 0.055) / 1.055) ** 2.4).astype(np.float32)
 
 
 class _GpuPart:
