@@ -52,6 +52,29 @@ def _progress() -> Progress:
     )
 
 
+class _LazyProgress:
+    """A progress bar that appears with its first update, so errors and no-op reruns print no empty bar."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self.progress: Progress | None = None
+        self.task = None
+
+    def update(self, completed: int, total: int | None = None, item: str = "") -> None:
+        if self.progress is None:
+            self.progress = _progress()
+            self.progress.start()
+            self.task = self.progress.add_task(self.description, total=total, item="")
+        self.progress.update(self.task, completed=completed, total=total, item=item)
+
+    def __enter__(self) -> "_LazyProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
 def _fail(message: str, code: int = 2) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
@@ -193,6 +216,7 @@ def render(
     max_total_texture_pixels: Optional[int] = typer.Option(None, help="Refuse objects whose textures hold more pixels than this together (default 2x8192x8192)."),
     shard: Optional[str] = typer.Option(None, help="'i/n': render only shard i of n (Slurm array tasks); then `mvtune dataset merge OUT`."),
     wait: bool = typer.Option(False, help="Wait for another render holding the dataset's lock instead of failing at once."),
+    force: bool = typer.Option(False, help="Re-render a dataset made with other settings (resolution, layout, ...)."),
 ) -> None:
     """Render meshes into an Objaverse-Ortho10View / Rand6View-format dataset."""
     from pydantic import ValidationError
@@ -209,13 +233,8 @@ def render(
     except ValidationError as exc:
         _fail(_validation_message(exc, as_options=True))
     try:
-        with _progress() as progress:
-            task = progress.add_task("render", total=None, item="")
-
-            def on_progress(done: int, total: int, object_id: str) -> None:
-                progress.update(task, completed=done, total=total, item=object_id)
-
-            summary = render_dataset(cfg, on_progress=on_progress, wait=wait)
+        with _LazyProgress("render") as progress:
+            summary = render_dataset(cfg, on_progress=progress.update, wait=wait, force=force)
     except DatasetWriteError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -244,18 +263,20 @@ def dataset_validate(
 ) -> None:
     """Check a dataset against what MV-Adapter's loader and attention layout assume."""
     from mvtune.cameras import VARIANTS
-    from mvtune.data.validate import validate_dataset
+    from mvtune.data.validate import NotADatasetError, ensure_dataset, validate_dataset
 
     _check_variant(variant)
     image_names = [v.strip() for v in views.split(",")] if views else None
     if image_names is not None and (len(image_names) != len(VARIANTS[variant].poses) or not all(image_names)):
         _fail(f"--views must name {len(VARIANTS[variant].poses)} views for {variant} "
               f"({', '.join(VARIANTS[variant].names)}), got {views!r}")
-    with _progress() as progress:
-        task = progress.add_task("validate", total=None, item="")
+    try:
+        ensure_dataset(root, scene_list)
+    except NotADatasetError as exc:
+        _fail(str(exc))
+    with _LazyProgress("validate") as progress:
         result = validate_dataset(
-            root, variant, image_names, scene_list, captions, check_pixels=pixels,
-            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            root, variant, image_names, scene_list, captions, check_pixels=pixels, on_progress=progress.update,
         )
     _report(result, report or (root / "validation_report.json"))
     if not result.ok:

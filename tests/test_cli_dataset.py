@@ -89,3 +89,28 @@ def test_render_settings_record_the_colour_rules():
 
     assert COLOR_RULES_VERSION >= 2
     assert RenderConfig(input=".", out_dir="x").settings()["color_rules"] == COLOR_RULES_VERSION
+
+
+def test_validate_refuses_a_folder_that_is_not_a_dataset(tmp_path, cli):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"not a dataset")
+    out = cli("dataset", "validate", folder, expect=2)
+    assert "is not a dataset" in out.stderr and "━" not in out.stderr  # no empty progress bar before the error
+    assert sorted(p.name for p in folder.iterdir()) == ["holiday.jpg"]  # no report written into it
+
+
+def test_render_with_other_settings_needs_force_and_no_op_reruns_show_no_bar(tmp_path, cli):
+    meshes = tmp_path / "meshes"
+    cli("samples", meshes, "--count", "1")
+    data = tmp_path / "ds"
+    cli("render", meshes, data, "--resolution", "32")
+    rerun = cli("render", meshes, data, "--resolution", "32")
+    assert "1 already done" in rerun.stderr and "━" not in rerun.stderr
+    before = {p: p.stat().st_mtime_ns for p in data.rglob("color_0000.webp")}
+    refused = cli("render", meshes, data, "--resolution", "48", expect=2)
+    assert "resolution 32 -> 48" in refused.stderr and "--force" in refused.stderr
+    assert {p: p.stat().st_mtime_ns for p in data.rglob("color_0000.webp")} == before
+    forced = cli("render", meshes, data, "--resolution", "48", "--force")
+    assert "1 rendered" in forced.stderr
+    assert json.loads((data / "render_config.json").read_text())["resolution"] == 48

@@ -185,6 +185,24 @@ def _exr_channels(path: Path) -> tuple[list[str], np.ndarray]:
     return names, first
 
 
+class NotADatasetError(Exception):
+    """The folder holds no dataset at all, so there is nothing to report on (and no report is written into it)."""
+
+
+def ensure_dataset(root: Path, scene_list: Path | None = None) -> None:
+    """Refuse a folder that is not a dataset: no scene list (and none given) and no object with a meta.json."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADatasetError(f"dataset root {root} is not a folder")
+    if scene_list is not None or (root / "scene_list.json").is_file():
+        return
+    if next(root.glob("*/*/meta.json"), None) is None:
+        raise NotADatasetError(
+            f"{root} is not a dataset: it has no scene_list.json and no <id[:2]>/<id>/meta.json folders; render "
+            "one with `mvtune render MESHES DATASET`, or pass --scene-list"
+        )
+
+
 def validate_dataset(
     root: Path,
     variant: str = "tg2mv",

@@ -403,18 +403,44 @@ def shard_dir(out_dir: Path, shard: tuple[int, int]) -> Path:
     return Path(out_dir) / SHARDS_DIR / f"{shard[0]}-of-{shard[1]}"
 
 
+#: Settings a user chooses; a dataset rendered with other values would be re-rendered as a whole.
+USER_SETTINGS = ("layout", "resolution", "lighting", "up", "seed", "position")
+
+
+def settings_change(cfg: RenderConfig) -> str | None:
+    """How the dataset's recorded settings (render_config.json) differ from cfg's, or None (same, or new folder)."""
+    try:
+        previous = json.loads((cfg.out_dir / RENDER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    current = cfg.record()
+    changes = [f"{key} {previous.get(key)!r} -> {current[key]!r}" for key in USER_SETTINGS
+               if key in previous and previous[key] != current[key]]
+    return ", ".join(changes) or None
+
+
 def render_dataset(
-    cfg: RenderConfig, on_progress: Callable[[int, int, str], None] | None = None, *, wait: bool = False
+    cfg: RenderConfig, on_progress: Callable[[int, int, str], None] | None = None, *, wait: bool = False,
+    force: bool = False,
 ) -> Summary:
     """Render every mesh of ``cfg.input`` (or of its shard) that is not already done; returns counts and failures.
 
     Holds the dataset lock for the whole run (shared with other shards when ``cfg.shard`` is set); a held lock
     raises DatasetWriteError naming its holder, or is waited for with ``wait``. SIGTERM, like Ctrl-C, stops the
-    workers and raises KeyboardInterrupt; finished objects are kept.
+    workers and raises KeyboardInterrupt; finished objects are kept. A dataset rendered with other settings is
+    refused (it would be re-rendered as a whole) unless ``force``.
     """
     start = time.perf_counter()
     meshes = assign_ids(discover_meshes(cfg.input))
     out = cfg.out_dir
+    change = settings_change(cfg)
+    if change and not force:
+        raise DatasetWriteError(
+            f"{out} was rendered with other settings ({change}); rendering into it would re-render every object. "
+            "Pass --force to re-render it with the new settings, or choose a new output folder"
+        )
+    if change:
+        log.warning("%s: settings changed (%s): every object is re-rendered", out, change)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
