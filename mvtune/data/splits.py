@@ -3,8 +3,10 @@
 Objects are grouped by the provenance manifest (``manifest.json`` written by ``mvtune render``): objects that
 share a ``group``, a ``source_sha256`` or a ``parent`` chain are one group (union-find, so a copy whose
 sidecar forgot its group still follows its parent). Groups are assigned whole, stratified by ``concept`` when
-the manifest has it, by a seeded shuffle. ``check_leakage`` re-derives the groups and reports any group found
-in two split files.
+the manifest has it, by a seeded shuffle. Near-duplicate objects (``mvtune.data.neardup``: same render hashes
+and geometry) join one group too, so copies whose provenance was lost still share a split. ``check_leakage``
+re-derives the groups and reports any group found in two split files; ``near_duplicate_leaks`` reports
+near-duplicate pairs across splits.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ def read_manifest(root: Path) -> dict[str, dict]:
     return objects
 
 
-def source_groups(ids: list[str], manifest: dict[str, dict]) -> dict[str, str]:
-    """id -> group label; ids linked by group, source hash or parent end up with the same label."""
+def source_groups(ids: list[str], manifest: dict[str, dict], linked: list[list[str]] = ()) -> dict[str, str]:
+    """id -> group label; ids linked by group, source hash or parent, or listed together in ``linked`` (the
+    near-duplicate groups), end up with the same label."""
     parent_of: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -62,6 +65,9 @@ def source_groups(ids: list[str], manifest: dict[str, dict]) -> dict[str, str]:
         for key, prefix in (("group", "group:"), ("source_sha256", "sha:"), ("parent", "id:")):
             if record.get(key):
                 union(node, prefix + str(record[key]))
+    for members in linked:
+        for other in members[1:]:
+            union(f"id:{members[0]}", f"id:{other}")
     return {object_id: find(f"id:{object_id}") for object_id in ids}
 
 
@@ -71,9 +77,11 @@ def split_dataset(
     test: float = 0.1,
     seed: int = 0,
     scene_list: str | Path | None = None,
+    near_duplicates: bool = True,
 ) -> dict:
     """Write ``split_train.json``, ``split_val.json``, ``split_test.json`` (JSON arrays of ids) and
-    ``split_report.json`` next to the dataset; returns the report (counts, groups, concepts, files)."""
+    ``split_report.json`` next to the dataset; returns the report (counts, groups, concepts, near-duplicate
+    groups, files). ``near_duplicates`` fingerprints the renders (cached in ``near_duplicates.json``)."""
     from mvtune.storage import write_json
 
     root = Path(root)
@@ -86,7 +94,8 @@ def split_dataset(
         raise SplitError(f"cannot read scene list {list_path}: {exc}") from None
     manifest = read_manifest(root)
     unknown = [i for i in ids if i not in manifest]
-    groups = source_groups(ids, manifest)
+    near_groups, near_problems = _near_duplicate_groups(root, ids, manifest) if near_duplicates else ([], [])
+    groups = source_groups(ids, manifest, near_groups)
     members: dict[str, list[str]] = defaultdict(list)
     for object_id in ids:
         members[groups[object_id]].append(object_id)
@@ -130,10 +139,53 @@ def split_dataset(
             name: dict(Counter((manifest.get(o) or {}).get("concept") for o in assigned[name])) for name in SPLIT_FILES
         },
         "not_in_manifest": unknown,
+        "near_duplicate_groups": near_groups,
+        "near_duplicate_problems": near_problems,
         "files": files,
     }
     write_json(root / SPLIT_REPORT, report)
     return report
+
+
+def _near_duplicate_groups(root: Path, ids: list[str], manifest: dict, write_cache: bool = True):
+    from mvtune.data.neardup import fingerprint_dataset, near_duplicate_groups
+
+    prints, problems = fingerprint_dataset(root, ids, manifest, write_cache=write_cache)
+    return near_duplicate_groups(prints), problems
+
+
+def near_duplicate_leaks(root: str | Path) -> list[str]:
+    """Near-duplicate pairs whose objects sit in different split files, one message per group."""
+    from mvtune.data.neardup import fingerprint_dataset, near_duplicate_pairs
+
+    root = Path(root)
+    split_of: dict[str, str] = {}
+    for name, file in SPLIT_FILES.items():
+        try:
+            for object_id in (scene_id(e) for e in read_scene_list(root / file)):
+                split_of.setdefault(object_id, name)
+        except (OSError, ValueError):
+            continue  # a missing or unreadable split file is check_leakage's to report
+    if not split_of:
+        return []
+    try:
+        manifest = read_manifest(root)
+    except SplitError:
+        manifest = {}
+    prints, _ = fingerprint_dataset(root, list(split_of), manifest, write_cache=False)
+    crossing = [(a, b) for a, b, _, _ in near_duplicate_pairs(prints) if split_of[a] != split_of[b]]
+    by_group: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    label = source_groups(list(prints), {}, [[a, b] for a, b in crossing])
+    for a, b in crossing:
+        by_group[label[a]].append((a, b))
+    problems = []
+    for pairs in by_group.values():
+        shown = ", ".join(f"{a} ({split_of[a]}) ~ {b} ({split_of[b]})" for a, b in pairs[:3])
+        problems.append(
+            f"{len(pairs)} near-duplicate pair(s) across splits, e.g. {shown}: they are copies of one mesh by "
+            f"their renders and geometry; rerun `mvtune dataset split {root}` (it keeps near-duplicates together)"
+        )
+    return problems
 
 
 def check_leakage(root: str | Path) -> list[str]:

@@ -4,7 +4,8 @@ The checks follow what MV-Adapter's loader and attention actually assume (spec d
 the files each variant reads exist and decode to the right channels, the views fed to the model have the
 poses the attention layout was trained on (tg2mv: front, right, back, left, top, bottom, with the top/bottom
 roll of §4.1), normals are world-space, depth marks the background with values > 1000, captions are there,
-ids are unique, no scene path leaves the dataset root, and no source mesh is in two splits.
+ids are unique, no scene path leaves the dataset root, and no source mesh (nor a near-duplicate of one) is in two
+splits.
 """
 
 from __future__ import annotations
@@ -237,10 +238,13 @@ def validate_dataset(
     if caption_db is not None:
         _check_captions(ids, caption_db, report)
 
-    from mvtune.data.splits import check_leakage  # splits builds on this module
+    from mvtune.data.splits import check_leakage, near_duplicate_leaks  # splits builds on this module
 
     for problem in check_leakage(root):
         report.add("error", "split-leakage", problem)
+    if check_pixels:  # near-duplicates are found by decoding the front and top renders
+        for problem in near_duplicate_leaks(root):
+            report.add("error", "near-duplicate-leakage", problem)
 
     root_resolved = root.resolve()
     for done, entry in enumerate(entries, 1):
