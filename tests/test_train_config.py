@@ -306,3 +306,37 @@ def test_condition_encodings_other_than_the_published_ones_are_refused(key, valu
 def test_condition_maps_must_match_the_processor(tmp_path):
     with pytest.raises(TrainConfigError, match="source_image_modality.*t2mv"):
         load_config(write_published(tmp_path, "t2mv_sdxl", source_image_modality=["position", "normal"]))
+
+
+def test_all_config_problems_are_listed_at_once(tmp_path):
+    """Unknown keys, type/range errors, impossible combinations and missing paths in one message."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({
+        "strategy": "lora",  # needs model.adapter: a combination, normally hidden by the field errors
+        "data": {"root": str(tmp_path / "nowhere"), "heigth": 64, "batch_size": 0},
+        "optim": {"lr": "fast"},
+        "model": {"vae": str(tmp_path / "no-vae")},
+    }))
+    with pytest.raises(TrainConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    for part in ("'data.heigth' (did you mean 'data.height'?)", "data.batch_size", "optim.lr",
+                 "needs model.adapter", f"data.root {tmp_path / 'nowhere'} does not exist", "model.vae"):
+        assert part in message, (part, message)
+
+
+def test_yaml_syntax_errors_name_the_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("data:\n  root: ds\n  height: [64\n")
+    with pytest.raises(TrainConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and "line " in str(err.value) and "<unicode string>" not in str(err.value)
+
+
+def test_an_empty_train_split_says_why(ducks, tmp_path):
+    cfg = load_config(write_published(tmp_path, "tg2mv_sdxl"), [
+        f"data.root={ducks}", f"data.scene_list={ducks / 'scene_list.json'}",
+        f"data.captions={ducks / 'captions.json'}", "model.base=tiny", "model.vae=null"])
+    with pytest.raises(TrainConfigError) as err:
+        check_config(cfg)
+    assert "data.train_indices [0, -8] selects nothing from the 7 entries" in str(err.value)

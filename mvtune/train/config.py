@@ -261,6 +261,15 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error as 'line L, column C: problem' (PyYAML's own text names '<unicode string>', not the file)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context = getattr(exc, "context", None)
+    return where + problem + (f" ({context})" if context else "")
+
+
 def parse_overrides(overrides: list[str]) -> dict:
     """`a.b=value` strings (value parsed as YAML) into a nested dict."""
     tree: dict = {}
@@ -526,7 +535,9 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise TrainConfigError(f"config file {path} does not exist") from None
-        except (OSError, yaml.YAMLError) as exc:
+        except yaml.YAMLError as exc:
+            raise TrainConfigError(f"config file {path} is not valid YAML: {yaml_problem(exc)}") from None
+        except OSError as exc:
             raise TrainConfigError(f"config file {path} cannot be read: {exc}") from None
         if not isinstance(loaded, dict):
             raise TrainConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
@@ -539,16 +550,48 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
         raw = _merge(raw, loaded)
     raw = _merge(raw, parse_overrides(list(overrides)))
     problems = _unknown_keys(raw, TrainConfig)
+    known = _without_unknown(raw, TrainConfig)
+    # Type/range errors hide the combination checks (pydantic skips them): drop the bad leaves and validate
+    # again, so one run lists every problem the config has.
+    for _ in range(3):
+        try:
+            cfg = TrainConfig.model_validate(known)
+            break
+        except ValidationError as exc:
+            cfg = None
+            leaves = []
+            for err in exc.errors():
+                where = ".".join(str(p) for p in err["loc"]) or "config"
+                problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+                leaves.append(err["loc"])
+            if not any(_drop(known, loc) for loc in leaves):
+                break
     if problems:
-        raise TrainConfigError("; ".join(problems))
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "config"
-            lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
-        raise TrainConfigError("invalid config: " + "; ".join(lines)) from None
+        problems += [p for p in path_problems(lambda dotted: _dotted(raw, dotted)) if p not in problems]
+        raise TrainConfigError("config problems:\n  - " + "\n  - ".join(dict.fromkeys(problems)))
+    return cfg
+
+
+def _without_unknown(tree: dict, model: type[BaseModel]) -> dict:
+    fields = _section_fields(model)
+    out = {}
+    for key, value in tree.items():
+        if key in fields:
+            out[key] = _without_unknown(value, fields[key]) if fields[key] is not None and isinstance(value, dict) else value
+    return out
+
+
+def _drop(tree: dict, loc: tuple) -> bool:
+    """Remove the leaf at loc (a pydantic error location) so its default applies; False if nothing to drop."""
+    node = tree
+    for part in loc[:-1]:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    if isinstance(node, dict) and loc and loc[-1] in node:
+        del node[loc[-1]]
+        return True
+    return False
 
 
 def dump_config(cfg: TrainConfig) -> str:
@@ -587,33 +630,78 @@ def _missing(path: Path | None, what: str, hint: str) -> str | None:
     return None
 
 
-def check_config(cfg: TrainConfig) -> None:
-    """Every problem that can be found without torch: missing paths, impossible combinations, view layout.
+_PATH_KEYS = (
+    ("model.vae", "set it to a local diffusers VAE folder or null"),
+    ("model.adapter", "set it to the released .safetensors file or null to start from scratch"),
+    ("data.root", "set it to a dataset rendered with `mvtune render`"),
+    ("data.scene_list", "set it to a JSON/TXT list of ids or null for the split files"),
+    ("data.captions", "set it to a JSON id -> caption file or null for root/captions.json"),
+    ("prior.root", "set it to a dataset of generic objects or null to disable prior preservation"),
+    ("prior.scene_list", "set it to the regularisation set's list"),
+)
 
-    Raises TrainConfigError listing all of them.
-    """
+
+def _dotted(tree: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict):
+            return None
+        tree = tree.get(part)
+    return tree
+
+
+def path_problems(value: Any) -> list[str]:
+    """Paths the config names that do not exist; `value(dotted_key)` reads the config (validated or raw), so the
+    same check runs beside type errors when the config does not validate."""
     problems = []
-    data = cfg.data
-    base = cfg.model.base
+    base = value("model.base")
+    base = TINY_BASE if base is None else str(base)
     if base != TINY_BASE and not (Path(base) / "model_index.json").is_file():
         problems.append(
             f"model.base {base!r} is not a local diffusers SDXL folder (no model_index.json); download it first "
             f"(e.g. `huggingface-cli download {base} --local-dir DIR`) and set model.base=DIR"
         )
-    for path, what, hint in (
-        (cfg.model.vae, "model.vae", "set it to a local diffusers VAE folder or null"),
-        (cfg.model.adapter, "model.adapter", "set it to the released .safetensors file or null to start from scratch"),
-        (data.root, "data.root", "set it to a dataset rendered with `mvtune render`"),
-        (data.scene_list, "data.scene_list", "set it to a JSON/TXT list of ids or null for the split files"),
-        (data.captions, "data.captions", "set it to a JSON id -> caption file or null for root/captions.json"),
-        (cfg.prior.root, "prior.root", "set it to a dataset of generic objects or null to disable prior preservation"),
-        (cfg.prior.scene_list, "prior.scene_list", "set it to the regularisation set's list"),
-    ):
-        problem = _missing(path, what, hint)
-        if problem:
-            problems.append(problem)
-    if cfg.model.base != TINY_BASE and cfg.model.vae is not None and cfg.model.vae.is_file():
-        problems.append(f"model.vae {cfg.model.vae} is a file; it must be a diffusers VAE folder")
+    for key, hint in _PATH_KEYS:
+        path = value(key)
+        if isinstance(path, (str, Path)) and str(path):
+            problem = _missing(Path(path), key, hint)
+            if problem:
+                problems.append(problem)
+    vae = value("model.vae")
+    if base != TINY_BASE and isinstance(vae, (str, Path)) and Path(vae).is_file():
+        problems.append(f"model.vae {vae} is a file; it must be a diffusers VAE folder")
+    return problems
+
+
+def empty_split_reason(cfg: TrainConfig, name: str) -> str:
+    """Why a split came out empty, naming the slice and the list length when a slice did it."""
+    data = cfg.data
+    indices = data.train_indices if name == "train" else data.val_indices
+    if data.scene_list is not None and indices:
+        from mvtune.data.validate import read_scene_list
+
+        count = len(read_scene_list(data.scene_list))
+        return (
+            f"the {name} split is empty: data.{name}_indices {list(indices)} selects nothing from the {count} entries "
+            f"of {data.scene_list} (MV-Adapter's configs hold out the last 8 objects with [0, -8] / [-8, null]; "
+            f"use a longer list or set data.train_indices/data.val_indices, e.g. [0, -1] and [-1, null])"
+        )
+    if data.scene_list is not None:
+        return f"the {name} split is empty: {data.scene_list} lists no objects"
+    from mvtune.data.splits import SPLIT_FILES
+
+    return (
+        f"the {name} split is empty: {data.root / SPLIT_FILES[name]} lists no objects; re-split with "
+        f"`mvtune dataset split {data.root}` (more objects, or a larger --val)"
+    )
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Every problem that can be found without torch: missing paths, impossible combinations, view layout.
+
+    Raises TrainConfigError listing all of them.
+    """
+    data = cfg.data
+    problems = path_problems(lambda dotted: _dotted(cfg.model_dump(), dotted))
     if cfg.optim.name == "adamw8bit":
         problem = bitsandbytes_problem()
         if problem:
@@ -630,7 +718,7 @@ def check_config(cfg: TrainConfig) -> None:
         ) from None
     for name, entries in splits.items():
         if not entries:
-            problems.append(f"the {name} split is empty")
+            problems.append(empty_split_reason(cfg, name))
     if data.captions is None and not (data.root / "captions.json").exists():
         problems.append(f"no captions: {data.root / 'captions.json'} is missing and data.captions is not set")
     if cfg.prior.root is not None:
