@@ -149,8 +149,8 @@ class TrainStage(_Section):
 
 
 class EvaluateStage(_Section):
-    """`mvtune evaluate SUITE key=value ... --out DIR`. Overrides may name {run} (the training run folder),
-    {dataset} and {dir} (the experiment folder)."""
+    """`mvtune evaluate SUITE key=value ... --out DIR --run RUN`. Overrides may name {run} (the training run
+    folder, e.g. `{run}/export/mvadapter_tg2mv.safetensors`), {dataset} and {dir} (the experiment folder)."""
 
     suite: Path
     overrides: list[str] = []
@@ -251,7 +251,7 @@ def load_experiment(path: str | Path) -> Experiment:
 def check_experiment(exp: Experiment) -> None:
     """Every problem findable before submitting: input files, render settings, the train config as `mvtune train`
     reads it, the evaluation suite. Raises ExperimentError listing all of them."""
-    from mvtune.pipeline.stages import train_overrides
+    from mvtune.pipeline.stages import evaluate_overrides, train_overrides
 
     problems = []
     if exp.prompts and not exp.prompts.concepts.is_file():
@@ -264,7 +264,7 @@ def check_experiment(exp: Experiment) -> None:
     if exp.train:
         problems += _train_problems(exp, train_overrides(exp, slurm=False))
     if exp.evaluate:
-        problems += _suite_problems(exp.evaluate.suite)
+        problems += _suite_problems(exp.evaluate.suite, evaluate_overrides(exp))
     if problems:
         raise ExperimentError("experiment problems:\n  - " + "\n  - ".join(problems))
 
@@ -299,16 +299,16 @@ def _train_problems(exp: Experiment, overrides: list[str]) -> list[str]:
     return problems
 
 
-def _suite_problems(suite: Path) -> list[str]:
+def _suite_problems(suite: Path, overrides: list[str]) -> list[str]:
+    """The suite's schema and overrides, as `mvtune evaluate` reads them; its disk checks wait for the job, since
+    the models it compares (the trained adapter) do not exist yet."""
+    from mvtune.evaluate.suite import SuiteError, load_suite
+
     if not suite.is_file():
         return [f"evaluate.suite {suite} does not exist; write an evaluation suite YAML"]
     try:
-        from mvtune.evaluate.suite import load_suite
-    except ImportError:
-        return ["evaluate: this mvtune has no `mvtune evaluate` (mvtune.evaluate.suite); remove the evaluate stage"]
-    try:
-        load_suite(suite)
-    except Exception as exc:  # the suite's own error type names the key; pass it through
+        load_suite(suite, overrides, check=False)
+    except SuiteError as exc:
         return [f"evaluate.suite {suite}: {exc}"]
     return []
 

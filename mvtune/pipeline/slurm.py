@@ -77,7 +77,7 @@ def render_script(exp: Experiment, stage: Stage) -> str:
     if stage.array:
         shard_lines = ['SHARD=${SLURM_ARRAY_TASK_ID}',
                        f'LOG={logs}/{stage.name}-${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}.out']
-        what, mark_shard = f"shard $SHARD of {stage.shards}", ' --shard "$SHARD"'
+        what, mark_shard = f" shard $SHARD of {stage.shards}", ' --shard "$SHARD"'
     else:
         shard_lines = [f'LOG={logs}/{stage.name}-${{SLURM_JOB_ID}}.out']
         what, mark_shard = "", ""
@@ -99,8 +99,8 @@ def render_script(exp: Experiment, stage: Stage) -> str:
         f"cd {shlex.quote(str(exp.workdir))}",
         'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
         *shard_lines,
-        f'echo "[mvtune] {stage.name} {what} job ${{SLURM_JOB_ID}} on $(hostname) restart ${{SLURM_RESTART_COUNT:-0}} '
-        '$(date -Is)"'.replace("  ", " "),
+        f'echo "[mvtune] {stage.name}{what}, job ${{SLURM_JOB_ID}} on $(hostname), '
+        'restart ${SLURM_RESTART_COUNT:-0}, $(date -Is)"',
         "status=0",
         f"{command} || status=$?",
         f'exec {py} -m mvtune.cli pipeline mark {exp_dir} {stage.name}{mark_shard} --exit-code "$status" --log "$LOG"',

@@ -79,9 +79,15 @@ def train_overrides(exp: Experiment, slurm: bool) -> list[str]:
     return list(exp.train.overrides) + ours
 
 
-def _placeholders(exp: Experiment, items: list[str]) -> list[str]:
-    values = {"run": str(train_run_dir(exp)), "dataset": str(exp.dir / DATASET), "dir": str(exp.dir)}
-    return [item.format(**values) for item in items]
+def evaluate_overrides(exp: Experiment) -> list[str]:
+    """The suite overrides with {run}, {dataset} and {dir} filled in (e.g. the trained adapter's path)."""
+    values = {"{run}": str(train_run_dir(exp)), "{dataset}": str(exp.dir / DATASET), "{dir}": str(exp.dir)}
+    out = []
+    for item in exp.evaluate.overrides:
+        for key, value in values.items():
+            item = item.replace(key, value)
+        out.append(item)
+    return out
 
 
 def _train_check(exp: Experiment) -> Callable[[int | None], str | None]:
@@ -184,8 +190,9 @@ def build_stages(exp: Experiment, slurm: bool = False) -> list[Stage]:
     if exp.evaluate:
         e = exp.evaluate
         out = d / EVALUATE
-        built["evaluate"] = Stage("evaluate", mv + ["evaluate", str(e.suite)] + _placeholders(exp, e.overrides)
-                                  + ["--out", str(out)], outputs=_files(out / "summary.json", out / "report.html"))
+        built["evaluate"] = Stage("evaluate", mv + ["evaluate", str(e.suite)] + evaluate_overrides(exp)
+                                  + ["--out", str(out), "--run", str(train_run_dir(exp))],
+                                  outputs=_files(out / "summary.json", out / "report.html"))
     built["report"] = Stage("report", mv + ["pipeline", "report", str(d)],
                             outputs=_files(d / REPORT / "index.html", d / REPORT / "report.json"))
     return [built[name] for name in enabled_stages(exp)]
