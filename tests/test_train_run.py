@@ -109,3 +109,33 @@ def test_ddp_ranks_share_the_launching_process_run_folder(monkeypatch, tmp_path)
     assert global_rank() == 1
     monkeypatch.setenv("RANK", "3")
     assert global_rank() == 3
+
+
+# ---- issue 10: run folder lock, metrics across resumes, checkpoint leftovers, SIGTERM -----------------------
+
+HOLD_LOCK = """
+import sys, time
+from mvtune.storage import folder_lock
+with folder_lock(sys.argv[1], "mvtune train other"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_train_on_the_same_run_folder_is_refused_naming_the_holder(ducks, tmp_path):
+    from test_train_system import tiny_config
+
+    from mvtune.train.run import train
+
+    cfg = tiny_config(ducks, tmp_path, trainer={"max_steps": 1})
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / "run")], stdout=subprocess.PIPE,
+                              text=True, env={k: v for k, v in os.environ.items() if not k.startswith("SLURM_")})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TrainConfigError, match=f"pid {holder.pid} on host .*output.name"):
+            train(cfg)
+        assert not (tmp_path / "run" / "config.yaml").exists()  # nothing of the refused run was written
+    finally:
+        holder.kill()
+        holder.wait()
+    assert json.loads((train(cfg) / "summary.json").read_text())["status"] == "finished"  # a dead holder's lock

@@ -8,6 +8,7 @@ Run folder (`output.dir/<name>/`):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "export"
 SAMPLES_DIR = "samples"
+#: How long a requeued Slurm job waits for its previous instance (same job id) to release the run folder.
+REQUEUE_LOCK_WAIT_S = 300.0
 
 
 # ---- run folder and resume ---------------------------------------------------------------------------------
@@ -281,6 +284,20 @@ def train(
     check_config(cfg)
     run_dir, checkpoint = resolve_resume(cfg, config_stem, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
+    held = contextlib.ExitStack()
+    if global_rank() == 0:  # DDP ranks launched by this process join its run instead of locking it
+        from mvtune.storage import FolderLockedError, folder_lock
+
+        try:
+            held.enter_context(folder_lock(run_dir, f"mvtune train {config_stem}", same_job_waits=REQUEUE_LOCK_WAIT_S))
+        except FolderLockedError as exc:
+            raise TrainConfigError(
+                f"{exc}. Two trainings must not share a run folder (their metrics, checkpoints and exports would "
+                "mix): give this one another output.name, or resume once the other has stopped"
+            ) from None
+        if checkpoint is not None and not (resume and Path(resume).is_file()):
+            # A requeued job may have waited for its previous instance, which saved on its way out.
+            checkpoint = find_resume_checkpoint(run_dir)
     shares_name = RUN_NAME_ENV not in os.environ
     if shares_name:  # DDP ranks launched from here inherit it; removed again when this run ends
         os.environ[RUN_NAME_ENV] = run_dir.name
@@ -336,6 +353,7 @@ def train(
         handler.close()
         if shares_name:
             os.environ.pop(RUN_NAME_ENV, None)
+        held.close()
 
 
 def train_from_cli(config_path: Path, overrides: list[str], resume: str | None) -> Path:
