@@ -103,3 +103,64 @@ def get_licence(licence_id: str | None) -> Licence:
     close = difflib.get_close_matches(key, list(_KEYS), n=1, cutoff=0.4)
     hint = f"; did you mean {_KEYS[close[0]]!r}?" if close else ""
     raise LicenceError(f"unknown licence {licence_id!r}{hint} (known: {', '.join(LICENCES)})")
+
+
+@dataclass
+class LicenceCheck:
+    """What a training run may do with its objects' licences: counts, and the objects refused or warned about."""
+
+    counts: dict[str, int]
+    refused: list[tuple[str, str, str]]  # (object id, licence as recorded, why)
+    warned: list[tuple[str, str, str]]
+    policy: dict
+
+    def to_json(self) -> dict:
+        def rows(items):
+            return [{"id": i, "licence": lic, "reason": why} for i, lic, why in items]
+
+        return {"policy": self.policy, "counts": self.counts, "refused": rows(self.refused), "warned": rows(self.warned)}
+
+
+def describe(items: list[tuple[str, str, str]], limit: int = 5) -> str:
+    """'reason: N (a, b, ...); ...' grouped by reason, for one-line messages."""
+    by_reason: dict[str, list[str]] = {}
+    for object_id, _, why in items:
+        by_reason.setdefault(why, []).append(object_id)
+    return "; ".join(
+        f"{why}: {len(ids)} ({', '.join(ids[:limit])}{', ...' if len(ids) > limit else ''})"
+        for why, ids in by_reason.items()
+    )
+
+
+def check_training_licences(
+    objects: dict[str, str | None],
+    forbidden: str = "refuse",
+    unknown: str = "warn",
+    territory: str | None = None,
+) -> LicenceCheck:
+    """Sort objects (id -> licence as recorded) by what training may do with them.
+
+    ``forbidden`` ("refuse" or "warn") applies to licences that forbid training other models and to licences that
+    exclude ``territory``; ``unknown`` ("refuse", "warn" or "allow") to missing or unrecognised licences.
+    """
+    counts: dict[str, int] = {}
+    refused, warned = [], []
+    for object_id, recorded in objects.items():
+        try:
+            licence = get_licence(recorded)
+            why = None
+            if licence.id == "unknown":
+                why, action = "no licence recorded", unknown
+            elif not licence.train_models:
+                why, action = f"{licence.id} forbids using it to train models", forbidden
+            elif territory and territory.upper() in licence.excluded_territories:
+                why, action = f"{licence.id} does not apply in {territory.upper()}", forbidden
+        except LicenceError:
+            licence, why, action = LICENCES["unknown"], f"unrecognised licence {recorded!r}", unknown
+        counts[licence.id] = counts.get(licence.id, 0) + 1
+        if why is not None and action == "refuse":
+            refused.append((object_id, str(recorded), why))
+        elif why is not None and action == "warn":
+            warned.append((object_id, str(recorded), why))
+    policy = {"forbidden": forbidden, "unknown": unknown, "territory": territory}
+    return LicenceCheck(dict(sorted(counts.items())), refused, warned, policy)

@@ -35,6 +35,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class LicencePolicyConfig(_Section):
+    """data.licence_policy: what a run does with objects whose licence (dataset manifest) forbids training use."""
+
+    forbidden: Literal["refuse", "warn"] = "refuse"  # warn: an explicit override, recorded in summary.json
+    unknown: Literal["refuse", "warn", "allow"] = "warn"  # no or an unrecognised licence
+    territory: str | None = None  # where the run happens (ISO code, "EU"): licences that exclude it count as forbidden
+
+
 class DataConfig(_Section):
     root: Path
     scene_list: Path | None = None  # None: the split files root/split_{train,val}.json
@@ -49,6 +57,7 @@ class DataConfig(_Section):
     batch_size: int = Field(1, ge=1)
     num_workers: int = Field(4, ge=0)
     cache_latents: bool = False  # precompute VAE posteriors beside the dataset
+    licence_policy: LicencePolicyConfig = LicencePolicyConfig()
 
 
 class ModelConfig(_Section):
@@ -732,6 +741,37 @@ def check_config(cfg: TrainConfig) -> None:
 
     if data.image_names is not None:
         check_dataset_views(data.root, [e for es in splits.values() for e in es], cfg.model.variant, data.image_names)
+
+
+def check_licences(cfg: TrainConfig) -> dict:
+    """The training objects' licences (from the dataset manifest) under data.licence_policy, as recorded in
+    summary.json; raises TrainConfigError listing the refused objects and licences."""
+    from mvtune.licences import check_training_licences, describe
+
+    policy = cfg.data.licence_policy
+    if getattr(cfg.data, "kind", "multiview") != "multiview":
+        return {"policy": policy.model_dump(), "checked": False, "reason": "image folders carry no manifest"}
+    manifest_path = cfg.data.root / "manifest.json"
+    try:
+        objects = json.loads(manifest_path.read_text(encoding="utf-8")).get("objects", {})
+    except (OSError, json.JSONDecodeError, AttributeError):
+        objects = {}  # every object then has an unknown licence
+    from mvtune.data.validate import scene_id
+
+    ids = [scene_id(e) for e in split_lists(cfg)["train"]]
+    records = {i: (objects.get(i) or {}).get("licence") or (objects.get(i) or {}).get("license") for i in ids}
+    result = check_training_licences(records, policy.forbidden, policy.unknown, policy.territory)
+    if result.refused:
+        raise TrainConfigError(
+            f"data.licence_policy refuses {len(result.refused)} training object(s) of {cfg.data.root}: "
+            f"{describe(result.refused)}. Remove them from the train split, or set "
+            "data.licence_policy.forbidden=warn (or .unknown=warn) to train anyway; the override is recorded in "
+            "summary.json"
+        )
+    if result.warned:
+        log.warning("licences: training on %d object(s) that data.licence_policy warns about: %s",
+                    len(result.warned), describe(result.warned))
+    return {"checked": True, **result.to_json()}
 
 
 def check_dataset_views(root: Path, entries: list[str], variant: str, image_names: list[str]) -> None:

@@ -17,7 +17,9 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from mvtune.train.config import TINY_BASE, TrainConfig, TrainConfigError, check_config, dump_config, load_config
+from mvtune.train.config import (
+    TINY_BASE, TrainConfig, TrainConfigError, check_config, check_licences, dump_config, load_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +284,7 @@ def train(
     `components` (SDXL components dict) replaces loading `model.base` (tests, benchmarks).
     """
     check_config(cfg)
+    licences = check_licences(cfg)  # before any heavy work: a refused dataset fails in a second
     run_dir, checkpoint = resolve_resume(cfg, config_stem, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     held = contextlib.ExitStack()
@@ -304,7 +307,8 @@ def train(
     rank = global_rank()
     handler = _log_to_file(run_dir, rank)
     started = time.time()
-    summary = {"run_dir": str(run_dir), "resumed_from": str(checkpoint) if checkpoint else None, "status": "running"}
+    summary = {"run_dir": str(run_dir), "resumed_from": str(checkpoint) if checkpoint else None, "status": "running",
+               "licences": licences}
     try:
         if rank == 0:
             (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
