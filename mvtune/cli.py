@@ -302,6 +302,29 @@ def dataset_split(
         console.print(f"{name}: {count} objects in {report['groups'][name]} source groups -> {report['files'][name]}")
 
 
+@dataset_app.command("card")
+def dataset_card(
+    root: Path = typer.Argument(..., help="Dataset root written by `mvtune render`."),
+    near_duplicates: bool = typer.Option(True, help="Fingerprint the renders to list near-duplicate groups (cached)."),
+) -> None:
+    """Write card.md and card.json: counts per concept, generator, licence, split; captions; render settings;
+    validation status; near-duplicate groups."""
+    from mvtune.data.card import CARD_JSON, CARD_MD, CardError, write_card
+
+    try:
+        card = write_card(root, near_duplicates=near_duplicates)
+    except CardError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write the card into {root}: {exc}")
+    near = card.get("near_duplicates") or {"groups": []}
+    console.print(
+        f"{card['objects']} objects, licences {card['counts']['licence']}, splits {card['counts']['split']}, "
+        f"{len(near['groups'])} near-duplicate groups, validation: {card['validation']['status']}"
+    )
+    console.print(f"card: {root / CARD_MD} and {root / CARD_JSON}")
+
+
 @dataset_app.command("merge")
 def dataset_merge(
     root: Path = typer.Argument(..., help="Dataset folder that `mvtune render --shard i/n` runs wrote into."),
