@@ -99,6 +99,13 @@ class TransformersClip:
     """A transformers CLIPModel folder (openai/clip-vit-large-patch14, laion/CLIP-ViT-H-14-..., or a tiny one)."""
 
     def __init__(self, spec: ScorerSpec, device: str = "cpu"):
+        folder = spec.path
+        if not folder.is_dir():
+            raise ScoreError(f"CLIP folder {folder} does not exist (a local transformers CLIPModel folder is needed)")
+        for required in ("config.json", "preprocessor_config.json"):
+            if not (folder / required).is_file():
+                raise ScoreError(f"CLIP folder {folder} has no {required}; download the whole model folder")
+
         import torch
         from transformers import CLIPModel, CLIPTokenizer
 
@@ -107,12 +114,6 @@ class TransformersClip:
         except ImportError:  # transformers 4: CLIPImageProcessor is the PIL one
             from transformers import CLIPImageProcessor as ImageProcessor
 
-        folder = spec.path
-        if not folder.is_dir():
-            raise ScoreError(f"CLIP folder {folder} does not exist (a local transformers CLIPModel folder is needed)")
-        for required in ("config.json", "preprocessor_config.json"):
-            if not (folder / required).is_file():
-                raise ScoreError(f"CLIP folder {folder} has no {required}; download the whole model folder")
         try:
             self.model = CLIPModel.from_pretrained(folder, local_files_only=True).eval().to(device)
             self.tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
@@ -155,6 +156,8 @@ class OpenClip:
     """An open_clip architecture with a local checkpoint (ViT-H-14, ViT-bigG-14, ... laion2b weights)."""
 
     def __init__(self, spec: ScorerSpec, device: str = "cpu"):
+        if not spec.path.is_file():
+            raise ScoreError(f"open_clip checkpoint {spec.path} does not exist (a local weights file is needed)")
         try:
             import open_clip
             import torch
@@ -163,8 +166,6 @@ class OpenClip:
                 f"scorer {spec.label}: open_clip is not importable ({type(exc).__name__}: {exc}); {OPEN_CLIP_INSTALL}, "
                 "or use a transformers CLIP folder"
             ) from exc
-        if not spec.path.is_file():
-            raise ScoreError(f"open_clip checkpoint {spec.path} does not exist (a local weights file is needed)")
         try:
             # weights_only: a checkpoint is untrusted input, never unpickled as code
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -226,6 +227,6 @@ def attribute_presence(scorer: ClipScorer, images: Sequence[np.ndarray], positiv
     image = scorer.image_features(images)
     text = scorer.text_features([positive, contrast])
     logits = scorer.logit_scale * (image @ text.T).astype(np.float64)
-    # two-way softmax = logistic of the logit difference (stable for any logit_scale)
-    p_positive = 1.0 / (1.0 + np.exp(logits[:, 1] - logits[:, 0]))
+    # two-way softmax = logistic of the logit difference, as exp(-log(1 + e^diff)): no overflow at any scale
+    p_positive = np.exp(-np.logaddexp(0.0, logits[:, 1] - logits[:, 0]))
     return float(p_positive.mean())
