@@ -131,6 +131,10 @@ class _Runner:
             options.base_model, torch_dtype=dtype, local_files_only=True
         ).to(device)
         self.image_pipe.set_progress_bar_config(disable=True)
+        for tokenizer, encoder in ((self.image_pipe.tokenizer, self.image_pipe.text_encoder),
+                                   (self.image_pipe.tokenizer_2, self.image_pipe.text_encoder_2)):
+            # A tokenizer saved without its limit reports a huge model_max_length; the encoder's is the real one.
+            tokenizer.model_max_length = min(tokenizer.model_max_length, encoder.config.max_position_embeddings)
         self.rembg = rembg_api.BackgroundRemover()
         local = str(options.weights_root() / variant.model)
         self.shape = shape_api.Hunyuan3DDiTFlowMatchingPipeline.from_pretrained(local, subfolder=variant.shape_subfolder)
