@@ -200,6 +200,99 @@ def samples(
     console.print(f"wrote {len(paths)} sample meshes to {out_dir}")
 
 
+meshes_app = typer.Typer(help="Make meshes from prompt rows (procedural, Hunyuan3D) or import downloaded ones.",
+                         no_args_is_help=True)
+app.add_typer(meshes_app, name="meshes")
+
+
+@meshes_app.command("generate")
+def meshes_generate(
+    backend: str = typer.Option(..., help="procedural (CPU, CC0), hunyuan3d-2.1 or hunyuan3d-2 (GPU, see docs/meshes.md)."),
+    prompts: Path = typer.Option(..., help="Prompts JSONL (`mvtune prompts CONCEPTS.yaml --out FILE`)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: <id>/mesh.glb + mesh.txt + mesh.json; reruns resume."),
+    shard: Optional[str] = typer.Option(None, help="i/n: make only this shard's items (0 <= i < n; no overlap)."),
+    timeout: float = typer.Option(900.0, min=1.0, help="Seconds per item before its worker is killed and restarted."),
+    seed: int = typer.Option(0, help="Base seed; each item's seed derives from it and the row."),
+    device: list[str] = typer.Option(["cpu"], help="One worker per device: cpu, cuda:0, cuda:1 ... (repeatable)."),
+    workers: Optional[int] = typer.Option(None, min=1, help="CPU workers (procedural): shorthand for N x --device cpu."),
+    base_model: Optional[Path] = typer.Option(None, help="Hunyuan: local diffusers SDXL folder for the reference image."),
+    hunyuan_weights: Optional[Path] = typer.Option(None, help="Hunyuan: folder with <model id>/<subfolder> weights (default $HY3DGEN_MODELS)."),
+    hunyuan_repo: Optional[Path] = typer.Option(None, help="Hunyuan: the Hunyuan3D checkout (required for 2.1)."),
+    protected_term: list[str] = typer.Option([], help="Extra protected term for the IP guard (repeatable)."),
+    option: list[str] = typer.Option([], help="Backend setting key=value (e.g. shape_steps=30), repeatable."),
+) -> None:
+    """Make one mesh per prompt row with a backend: GLB, caption and provenance per item, errors.jsonl on failures."""
+    from pydantic import ValidationError
+
+    from mvtune.meshes.generators import GeneratorError, generate_meshes
+    from mvtune.meshes.generators.run import GenerateMeshesConfig
+
+    options: dict = {}
+    for key, value in (("base_model", base_model), ("weights", hunyuan_weights), ("repo", hunyuan_repo)):
+        if value is not None:
+            options[key] = str(value)
+    for entry in option:
+        key, sep, value = entry.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--option must look like key=value, got {entry!r}")
+        options[key.strip()] = value
+    devices = ["cpu"] * workers if workers else [d for entry in device for d in entry.split(",") if d]
+    try:
+        cfg = GenerateMeshesConfig(backend=backend, prompts=prompts, out_dir=out, shard=shard, timeout=timeout,
+                                   seed=seed, devices=devices, protected_terms=protected_term, options=options)
+        with _progress() as progress:
+            task = progress.add_task(f"meshes ({backend})", total=None, item="")
+            summary = generate_meshes(
+                cfg, on_progress=lambda done, total, item: progress.update(task, completed=done, total=total, item=item)
+            )
+    except ValidationError as exc:
+        _fail(_validation_message(exc, as_options=True))
+    except GeneratorError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished items are kept; rerun the same command to resume")
+        raise typer.Exit(130)
+    console.print(
+        f"{summary['total']} items: {summary['generated']} generated, {summary['skipped']} already done, "
+        f"{summary['failed']} failed ({summary['seconds']:.1f} s) -> {out}"
+    )
+    if summary["errors"]:
+        for entry in summary["errors"][:20]:
+            console.print(f"  [red]{entry.get('id')}[/] ({entry.get('stage')}): {entry['reason']}")
+        console.print(f"all failures: the errors*.jsonl of this run in {out}")
+        raise typer.Exit(1)
+
+
+@meshes_app.command("import")
+def meshes_import(
+    input_dir: Path = typer.Argument(..., help="Folder of downloaded meshes, or the objaverse cache (~/.objaverse)."),
+    source: str = typer.Option(..., help="meshy, objaverse, or any short name of where the files came from."),
+    licence: Optional[str] = typer.Option(None, help="Licence id (CC0-1.0, CC-BY-4.0, ...); objaverse: only for objects without one."),
+    out: Path = typer.Option(..., "--out", help="Output folder: <id>/mesh.glb + mesh.txt + mesh.json."),
+) -> None:
+    """Import meshes with provenance per object, skipping exact geometric duplicates; failures in import_errors.jsonl."""
+    from mvtune.meshes.importers import MeshImportError, import_meshes
+
+    try:
+        with _progress() as progress:
+            task = progress.add_task(f"import ({source})", total=None, item="")
+            summary = import_meshes(
+                input_dir, source, out, licence,
+                on_progress=lambda done, total, item: progress.update(task, completed=done, total=total, item=item),
+            )
+    except MeshImportError as exc:
+        _fail(str(exc))
+    console.print(
+        f"{summary['total']} meshes: {summary['imported']} imported, {summary['skipped']} already there, "
+        f"{len(summary['duplicates'])} exact duplicates skipped, {summary['failed']} failed -> {out}"
+    )
+    for entry in summary["errors"][:20]:
+        console.print(f"  [red]{entry['id']}[/]: {entry['reason']}")
+    if summary["failed"]:
+        console.print(f"all failures: {out / 'import_errors.jsonl'}")
+        raise typer.Exit(1)
+
+
 @app.command()
 def render(
     input: Path = typer.Argument(..., help="A mesh file, a folder of meshes, or a .txt list of mesh paths."),
