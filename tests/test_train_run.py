@@ -139,3 +139,32 @@ def test_a_second_train_on_the_same_run_folder_is_refused_naming_the_holder(duck
         holder.kill()
         holder.wait()
     assert json.loads((train(cfg) / "summary.json").read_text())["status"] == "finished"  # a dead holder's lock
+
+
+def _curve(run: Path) -> list[dict]:
+    import csv
+
+    with open(run / "logs" / "csv" / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_metrics_csv_keeps_the_whole_curve_across_resumes_without_duplicates(ducks, tmp_path):
+    from test_train_system import FailAt, tiny_config
+
+    from mvtune.train.run import train
+
+    sections = dict(trainer={"max_steps": 7}, validation={"every_n_steps": 2, "num_batches": 1})
+    straight = _curve(train(tiny_config(ducks, tmp_path / "a", **sections)))
+    cfg = tiny_config(ducks, tmp_path / "b", **sections)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(cfg, extra_callbacks=[FailAt(5)])  # steps 4 and 5 were logged after the step-3 checkpoint
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(cfg, resume="auto", extra_callbacks=[FailAt(6)])  # a second requeue
+    run = train(cfg, resume="auto")
+    resumed = _curve(run)
+    steps = [(row["step"], bool(row.get("train/loss")), bool(row.get("val/loss"))) for row in resumed]
+    assert len(steps) == len(set(steps)), steps  # no step logged twice
+    assert [r["step"] for r in resumed] == [r["step"] for r in straight]
+    for a, b in zip(resumed, straight):
+        for key in ("train/loss", "val/loss"):
+            assert (a.get(key) or None) == (b.get(key) or None) or float(a[key]) == pytest.approx(float(b[key]), rel=1e-5)

@@ -206,14 +206,79 @@ def _lightning_pieces():
     return AtomicCheckpointIO, PreemptionCallback
 
 
+def _resumable_csv_logger(run_dir: Path):
+    """A CSV logger that keeps the whole curve across resumes, and the callback that trims it at the resume step.
+
+    Lightning's CSVLogger deletes an existing metrics.csv when it starts, so after a resume or a requeue the file
+    held only the steps since the checkpoint. Here the rows of steps before the checkpoint are kept and the rows a
+    killed run logged after it are dropped (this run logs those steps again), so every step appears once.
+    """
+    import csv
+
+    from lightning.pytorch import Callback
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+    from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+    from mvtune.storage import atomic_write
+
+    class CurveWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            """Keep metrics.csv (the base class deletes it); trimmed by keep_before once the step is known."""
+
+        def keep_before(self, step: int) -> None:
+            path = Path(self.metrics_file_path)
+            if not path.is_file():
+                return
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                fields = list(reader.fieldnames or [])
+                rows = [r for r in reader if (r.get("step") or "").strip() and int(float(r["step"])) < step]
+            if not rows:
+                path.unlink()
+                return
+
+            def write(tmp: str) -> None:
+                with open(tmp, "w", newline="", encoding="utf-8") as f:
+                    writer = csv.DictWriter(f, fieldnames=fields)
+                    writer.writeheader()
+                    writer.writerows(rows)
+
+            atomic_write(path, write)
+            self.metrics_keys = fields  # later rows append under the same header (or rewrite it for new keys)
+
+    class CurveCSVLogger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self):
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = CurveWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    class KeepCurve(Callback):
+        """At train start the checkpoint is restored: global_step is the step training continues from."""
+
+        def __init__(self, logger: CurveCSVLogger):
+            self.logger = logger
+
+        def on_train_start(self, trainer, pl_module):
+            if trainer.is_global_zero:
+                self.logger.experiment.keep_before(trainer.global_step)
+
+    logger = CurveCSVLogger(run_dir, name="logs", version="csv")
+    return logger, KeepCurve(logger)
+
+
 def build_trainer(cfg: TrainConfig, run_dir: Path, extra_callbacks: list | None = None):
     """The Lightning Trainer for a run (loggers, checkpoints, early stopping, preemption, Slurm requeue)."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     AtomicCheckpointIO, PreemptionCallback = _lightning_pieces()
+    csv_logger, keep_curve = _resumable_csv_logger(run_dir)
     ckpt_dir = run_dir / CHECKPOINT_DIR
     every_steps = cfg.checkpoint.every_n_steps
     callbacks = [
@@ -261,10 +326,10 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, extra_callbacks: list | None 
         limit_val_batches=val.num_batches if val.num_batches else 1.0,
         num_sanity_val_steps=val.sanity_steps,
         logger=[
-            CSVLogger(run_dir, name="logs", version="csv"),
+            csv_logger,
             TensorBoardLogger(run_dir, name="logs", version="tensorboard", default_hp_metric=False),
         ],
-        callbacks=callbacks,
+        callbacks=[*callbacks, keep_curve],
         plugins=plugins,
         use_distributed_sampler=False,  # TrainDataModule shards per rank itself (exact mid-epoch resume)
         enable_model_summary=False,
@@ -330,8 +395,7 @@ def train(
             # The data position is restored by TrainDataModule.load_state_dict, so mid-epoch resume is exact.
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            # On resume the CSV logger appends and old checkpoints are kept on purpose.
-            warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+            # On resume old checkpoints are kept on purpose (metrics.csv too: see _resumable_csv_logger).
             warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
             trainer.fit(system, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None, weights_only=True)
         summary["status"] = "preempted" if preempt.saved else "finished"
