@@ -168,3 +168,26 @@ def test_metrics_csv_keeps_the_whole_curve_across_resumes_without_duplicates(duc
     for a, b in zip(resumed, straight):
         for key in ("train/loss", "val/loss"):
             assert (a.get(key) or None) == (b.get(key) or None) or float(a[key]) == pytest.approx(float(b[key]), rel=1e-5)
+
+
+def test_checkpoint_leftovers_are_cleaned_and_corrupt_ones_moved_aside_never_v1(ducks, tmp_path, caplog):
+    from test_train_system import tiny_config
+
+    from mvtune.train.run import train
+
+    cfg = tiny_config(ducks, tmp_path, trainer={"max_steps": 3}, checkpoint={"every_n_steps": 3, "save_last": True})
+    run = train(cfg)
+    ckpts = run / "checkpoints"
+    good = ckpts / "step=0000003.ckpt"
+    assert good.is_file() and (ckpts / "last.ckpt").is_file()
+    (ckpts / ".step=0000006.ckpt.abc123.tmp").write_bytes(b"half a checkpoint")  # a kill mid-write
+    for name in ("last.ckpt", "step=0000006.ckpt"):
+        (ckpts / name).write_bytes(good.read_bytes()[:1000])  # truncated
+    cfg = tiny_config(ducks, tmp_path, trainer={"max_steps": 6}, checkpoint={"every_n_steps": 3, "save_last": True})
+    with caplog.at_level("WARNING", logger="mvtune"):
+        train(cfg, resume="auto")
+    names = sorted(p.name for p in ckpts.iterdir())
+    assert names == ["corrupt", "last.ckpt", "step=0000003.ckpt", "step=0000006.ckpt"], names
+    assert sorted(p.name.split(".ckpt")[0] for p in (ckpts / "corrupt").iterdir()) == ["last", "step=0000006"]
+    assert checkpoint_step(ckpts / "last.ckpt") == 6 and checkpoint_step(ckpts / "step=0000006.ckpt") == 6
+    assert "moved aside" in caplog.text

@@ -91,6 +91,25 @@ def find_resume_checkpoint(run_dir: Path) -> Path | None:
     return best[2] if best else None
 
 
+def clean_run_folder(run_dir: Path) -> list[Path]:
+    """Before a run starts (under its lock): delete the temp files of writes that were killed, and move unreadable
+    checkpoints to checkpoints/corrupt/ (logged), so the run writes its own under the same names, never `-v1`
+    beside a corrupt one. Returns where the corrupt ones went."""
+    for folder in (run_dir, run_dir / CHECKPOINT_DIR, run_dir / EXPORT_DIR):
+        for leftover in folder.glob(".*.tmp"):  # storage.atomic_write's temp names
+            log.info("removing %s, left by a write that was killed", leftover)
+            leftover.unlink(missing_ok=True)
+    moved = []
+    for path in [*(run_dir / CHECKPOINT_DIR).glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]:
+        if checkpoint_step(path) is None:
+            target = run_dir / CHECKPOINT_DIR / "corrupt" / f"{path.name}.{datetime.now():%Y%m%d-%H%M%S}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            log.warning("moved aside unreadable checkpoint %s -> %s", path, target)
+            moved.append(target)
+    return moved
+
+
 def resolve_resume(cfg: TrainConfig, config_stem: str, resume: str | None) -> tuple[Path, Path | None]:
     """(run folder, checkpoint to resume from or None).
 
@@ -290,6 +309,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, extra_callbacks: list | None 
             save_on_train_epoch_end=False if every_steps is None else None,
             save_last=cfg.checkpoint.save_last,
             save_top_k=cfg.checkpoint.save_top_k,
+            # A resume rewrites step=N.ckpt / last.ckpt in place (corrupt ones were moved aside first).
+            enable_version_counter=False,
         )
     ]
     if cfg.validation.early_stopping_patience:
@@ -363,6 +384,7 @@ def train(
                 f"{exc}. Two trainings must not share a run folder (their metrics, checkpoints and exports would "
                 "mix): give this one another output.name, or resume once the other has stopped"
             ) from None
+        clean_run_folder(run_dir)
         if checkpoint is not None and not (resume and Path(resume).is_file()):
             # A requeued job may have waited for its previous instance, which saved on its way out.
             checkpoint = find_resume_checkpoint(run_dir)
