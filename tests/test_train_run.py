@@ -191,3 +191,31 @@ def test_checkpoint_leftovers_are_cleaned_and_corrupt_ones_moved_aside_never_v1(
     assert sorted(p.name.split(".ckpt")[0] for p in (ckpts / "corrupt").iterdir()) == ["last", "step=0000006"]
     assert checkpoint_step(ckpts / "last.ckpt") == 6 and checkpoint_step(ckpts / "step=0000006.ckpt") == 6
     assert "moved aside" in caplog.text
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="POSIX signals")
+def test_sigterm_checkpoints_and_exits_without_validation(ducks, tmp_path):
+    from test_train_system import tiny_config
+
+    from lightning.pytorch import Callback
+
+    from mvtune.train.run import train
+
+    class TermAt(Callback):
+        def __init__(self):
+            self.validations = 0
+
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def on_validation_start(self, trainer, *args):
+            self.validations += 1
+
+    probe = TermAt()
+    cfg = tiny_config(ducks, tmp_path, trainer={"max_steps": 1000},
+                      validation={"every_n_steps": 100, "num_batches": 1}, checkpoint={"every_n_steps": 100})
+    run = train(cfg, extra_callbacks=[probe])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "preempted" and summary["global_step"] in (2, 3)  # the step it was in finishes
+    assert probe.validations == 0

@@ -216,6 +216,8 @@ def _lightning_pieces():
                 signal.Signals(self.received).name if self.received else "a signal on another rank", path,
             )
             trainer.should_stop = True
+            # Lightning validates before it stops early; after SIGTERM that can outlast Slurm's grace period.
+            trainer.limit_val_batches = 0
 
         def teardown(self, trainer, pl_module, stage):
             for sig, previous in self._previous.items():
