@@ -390,8 +390,8 @@ def evaluate_suite(suite: Suite, out_dir: Path, *, run_dir: Path | None = None, 
     for cell in cells:
         record = read_cell(cell)
         if record is not None:
-            records[cell.key] = record
-    todo = [c for c in cells if c.key not in records]
+            records[cell.dir] = record
+    todo = [c for c in cells if c.dir not in records]
     errors: list[dict] = []
     done = len(cells) - len(todo)
     if on_progress:
@@ -399,7 +399,7 @@ def evaluate_suite(suite: Suite, out_dir: Path, *, run_dir: Path | None = None, 
     if todo:
         done = _run_cells(suite, todo, records, errors, done, len(cells), on_progress, out)
 
-    lines = "".join(json.dumps(records[c.key]) + "\n" for c in cells if c.key in records)
+    lines = "".join(json.dumps(records[c.dir]) + "\n" for c in cells if c.dir in records)
     atomic_write(out / CELLS, lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))
     atomic_write(out / ERRORS, lambda tmp: Path(tmp).write_text("".join(json.dumps(e) + "\n" for e in errors),
                                                                encoding="utf-8"))
@@ -416,7 +416,7 @@ def evaluate_suite(suite: Suite, out_dir: Path, *, run_dir: Path | None = None, 
     if report:
         from mvtune.evaluate.report import write_report
 
-        summary["report"] = write_report(summary, [records[c.key] for c in cells if c.key in records], out,
+        summary["report"] = write_report(summary, [records[c.dir] for c in cells if c.dir in records], out,
                                          run_dir=run_dir)
     write_json(out / SUMMARY, summary)
     return summary
@@ -432,6 +432,8 @@ def _load_scorers(suite: Suite, device: str) -> dict:
 
 
 def _run_cells(suite, todo, records, errors, done, total, on_progress, out: Path) -> int:
+    import torch
+
     from mvtune.generate.run import ModelConfig, load_pipeline
 
     device = suite.model_device(suite.reference)
@@ -451,6 +453,9 @@ def _run_cells(suite, todo, records, errors, done, total, on_progress, out: Path
                 {**model.model_dump(exclude={"name"}), "device": suite.model_device(model)}
             )
             try:
+                # Layers the files do not provide (no adapter: a fresh MV branch) are initialised from the global
+                # RNG: seed it, so such a model is the same model in every process and a resumed run matches.
+                torch.manual_seed(0)
                 pipe = load_pipeline(config)  # once per model, for all its cells
             except Exception as exc:
                 problem = SuiteError(f"model {model.name!r} does not load: {exc}")
@@ -462,7 +467,7 @@ def _run_cells(suite, todo, records, errors, done, total, on_progress, out: Path
                 continue
             for cell in cells:
                 try:
-                    records[cell.key] = score_cell(cell, generate_cell(cell, pipe, work), work)
+                    records[cell.dir] = score_cell(cell, generate_cell(cell, pipe, work), work)
                 except Exception as exc:  # one bad mesh or cell must not stop the evaluation
                     failed(cell, exc)
                 done += 1
@@ -563,13 +568,13 @@ def _pair_matrix(records: list[dict]) -> list[list[float | None]] | None:
     return [[float(np.mean(acc[(i, j)])) if acc.get((i, j)) else None for j in range(6)] for i in range(6)]
 
 
-def summarize(suite: Suite, cells: list[Cell], records: dict[str, dict], out: Path) -> dict:
+def summarize(suite: Suite, cells: list[Cell], records: dict[Path, dict], out: Path) -> dict:
     """Means per model and group, paired comparisons with bootstrap intervals and verdicts, KID, diversity."""
     boot = suite.bootstrap
     prompts = suite.prompt_rows()
     groups = _groups(prompts)
     scorers = scorer_names(suite)
-    by_model = {m.name: [records[c.key] for c in cells if c.model.name == m.name and c.key in records]
+    by_model = {m.name: [records[c.dir] for c in cells if c.model.name == m.name and c.dir in records]
                 for m in suite.models}
     ref = suite.reference.name
 
