@@ -43,15 +43,21 @@ def _status(cluster, exp_dir: Path) -> tuple[int, list[dict]]:
 
 
 def _wait(cluster, exp_dir: Path, timeout: float, until=None) -> tuple[int, list[dict]]:
-    """Poll `pipeline status` until nothing is queued or running (or `until(rows)`); returns (exit code, rows)."""
+    """Poll `pipeline status` until no job is queued or running (or `until(rows)`); returns (exit code, rows)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         code, rows = _status(cluster, exp_dir)
-        if (until is None and code != 3) or (until is not None and until(rows)):
+        if (until or _settled)(rows):
             return code, rows
         time.sleep(1)
     logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in sorted((exp_dir / "logs").glob("*")))
     pytest.fail(f"experiment not finished after {timeout:.0f} s: {json.dumps(rows, indent=1)}\n{logs}\n{cluster.logs()}")
+
+
+def _settled(rows: list[dict]) -> bool:
+    from mvtune.pipeline.slurm import ACTIVE_STATES
+
+    return not any(r["state"] in ACTIVE_STATES for r in rows)
 
 
 def _state(rows: list[dict]) -> dict[str, str]:
@@ -131,13 +137,14 @@ def test_a_failing_shard_cancels_dependants_and_a_rerun_resubmits_only_it(cluste
 
     bad.unlink()
     shutil.copy(meshes / "duck_yellow.glb", bad)  # fixed: same name, same input positions
+    shutil.copy(meshes / "duck_yellow.txt", bad.with_suffix(".txt"))  # its caption
     rerun = _pipeline(cluster, "run", path, "--executor", "slurm", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     cluster.jobs += [line.split()[2] for line in rerun.stdout.splitlines() if ": job " in line]
-    assert "render: job" in rerun.stdout and "(array 1)" in rerun.stdout, rerun.stdout
+    assert "render: job" in rerun.stdout and "(array 1%2)" in rerun.stdout, rerun.stdout
     assert "meshes: done, not submitted" in rerun.stdout
     code, rows = _wait(cluster, exp_dir, 300)
-    assert code == 0, rows
+    assert code == 0, [r for r in rows if r["state"] != "DONE"]
     state = json.loads((exp_dir / "pipeline.json").read_text())
     assert [r["shards"] for r in state["stages"]["render"]["runs"]] == [[0, 1, 2], [1]]
     assert len(state["stages"]["meshes"]["runs"]) == 1
