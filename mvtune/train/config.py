@@ -22,6 +22,9 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mvtune.train.evaluation import EvaluationConfig
+from mvtune.train.evaluation import problems as evaluation_problems
+
 log = logging.getLogger(__name__)
 
 TINY_BASE = "tiny"  # model.base value for the random tiny SDXL (tests, demo)
@@ -35,6 +38,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ImagesConfig(_Section):
+    """`data.kind: images` (concept LoRAs): how 2D images become samples (see mvtune.data.images)."""
+
+    buckets: bool = True  # aspect-ratio buckets around data.height**2 pixels; false: square data.height crops
+    max_aspect: float = Field(2.0, ge=1.0)  # widest bucket, either way
+    random_crop: bool = True  # false: centred crops
+    caption_dropout: float = Field(0.0, ge=0, le=1)  # replace the caption by "" (unconditional)
+    shuffle_tags: bool = False  # shuffle comma-separated tags ...
+    keep_tokens: int = Field(1, ge=0)  # ... keeping this many leading tags (the trigger phrase) in place
+
+
 class LicencePolicyConfig(_Section):
     """data.licence_policy: what a run does with objects whose licence (dataset manifest) forbids training use."""
 
@@ -44,6 +58,8 @@ class LicencePolicyConfig(_Section):
 
 
 class DataConfig(_Section):
+    kind: Literal["multiview", "images"] = "multiview"  # images: a folder with .txt captions or a .jsonl (root)
+    images: ImagesConfig = ImagesConfig()
     root: Path
     scene_list: Path | None = None  # None: the split files root/split_{train,val}.json
     train_indices: tuple[int | None, int | None] | None = None  # MV-Adapter style slices of scene_list
@@ -108,6 +124,22 @@ class PriorConfig(_Section):
     captions: Path | None = None
     weight: float = Field(1.0, ge=0)  # lambda on the reg samples' loss
     ratio: float = Field(0.25, ge=0, lt=1)  # fraction of training samples drawn from the reg set
+    # concept-lora: class images generated with the base model into `root` (default under output.dir), cached
+    generate: int | None = Field(None, ge=1)
+    class_prompt: str | None = None
+    num_inference_steps: int = Field(30, ge=1)
+    guidance_scale: float = Field(5.0, ge=0)
+
+
+class ConceptConfig(_Section):
+    """strategy concept-lora: a plain SDXL LoRA on single images (no MV-Adapter layers while training)."""
+
+    prediction_type: Literal["epsilon", "v_prediction"] | None = None  # None: the base scheduler's
+    train_text_encoders: bool = False  # LoRA on both CLIP encoders too (lora.rank/alpha/dropout)
+    text_encoder_lr: float = Field(5e-5, gt=0)
+    text_encoder_target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "out_proj"]
+    steps_per_image: int | None = Field(100, ge=1)  # sets trainer.max_steps when it is not given
+    kohya_keys: bool = False  # also export the LoRA with kohya key names (A1111/ComfyUI)
 
 
 class EMAConfig(_Section):
@@ -158,7 +190,7 @@ class OutputConfig(_Section):
 
 
 class TrainConfig(_Section):
-    strategy: Literal["adapter", "lora", "adapter+lora"] = "adapter"
+    strategy: Literal["adapter", "lora", "adapter+lora", "concept-lora"] = "adapter"
     train_cond_encoder: bool = True
     data: DataConfig
     model: ModelConfig = ModelConfig()
@@ -166,15 +198,24 @@ class TrainConfig(_Section):
     optim: OptimConfig = OptimConfig()
     lora: LoraConfig = LoraConfig()
     prior: PriorConfig = PriorConfig()
+    concept: ConceptConfig = ConceptConfig()
     ema: EMAConfig = EMAConfig()
     validation: ValidationConfig = ValidationConfig()
     trainer: TrainerConfig = TrainerConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     output: OutputConfig = OutputConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()  # CLIP scores at each validation (mvtune.train.evaluation)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategy_defaults(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("strategy") == "concept-lora":
+            return _merge(CONCEPT_LORA_DEFAULTS, raw)
+        return raw
 
     @model_validator(mode="after")
     def _combinations(self) -> "TrainConfig":
-        problems = []
+        problems = concept_lora_problems(self)
         if self.data.height != self.data.width or self.data.height % 32:
             problems.append(f"data.height/width must be equal and divisible by 32, got {self.data.height}x{self.data.width}")
         if self.data.cache_latents and (self.data.background == "random" or self.data.mirror_prob > 0):
@@ -191,7 +232,8 @@ class TrainConfig(_Section):
                 "strategy 'lora' keeps the adapter frozen, so it needs model.adapter (released weights); a fresh "
                 "adapter has a zero multi-view branch. Use strategy 'adapter+lora' to train both from scratch"
             )
-        if self.trainer.max_steps < 0 and self.trainer.max_epochs is None:
+        steps_from_images = self.strategy == "concept-lora" and self.concept.steps_per_image is not None
+        if self.trainer.max_steps < 0 and self.trainer.max_epochs is None and not steps_from_images:
             problems.append("set trainer.max_steps or trainer.max_epochs, or the run never ends")
         if problems:
             raise ValueError("; ".join(problems))
@@ -202,6 +244,62 @@ class TrainConfig(_Section):
 
     def trains_lora(self) -> bool:
         return self.strategy in ("lora", "adapter+lora")
+
+    def class_image_dir(self) -> Path:
+        """Where prior.generate puts its class images: prior.root, else a folder per (base, prompt, settings)."""
+        if self.prior.root is not None:
+            return self.prior.root
+        import hashlib
+
+        prior = self.prior
+        key = json.dumps([self.model.base, str(self.model.vae), prior.class_prompt, prior.num_inference_steps,
+                          prior.guidance_scale, self.data.height, self.trainer.seed])
+        return self.output.dir / "class-images" / hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+#: Defaults of strategy concept-lora where they differ from the multi-view ones; sources in docs/training.md
+#: ("Concept LoRAs from 2D images"). Anything the config sets wins.
+CONCEPT_LORA_DEFAULTS = {
+    "lora": {"rank": 16, "alpha": 16.0, "lr": 1e-4},
+    "optim": {"warmup_steps": 0, "weight_decay": 1e-2},
+    "objective": {"snr_gamma": 5.0},
+    "trainer": {"max_epochs": None},
+}
+
+#: Multi-view settings that mean nothing for a single-image SDXL LoRA: refused when a concept-lora config sets them.
+_MULTIVIEW_ONLY = {
+    "model": ("adapter", "variant", "shift_noise", "shift_scale"),
+    "objective": ("prompt_drop_prob", "cond_drop_prob"),
+    "data": ("scene_list", "train_indices", "val_indices", "captions", "image_names", "background", "cache_latents"),
+    "prior": ("scene_list", "captions"),
+}
+
+
+def concept_lora_problems(cfg: "TrainConfig") -> list[str]:
+    """What a concept-lora config (or an images dataset) cannot combine with."""
+    problems = []
+    images, concept = cfg.data.kind == "images", cfg.strategy == "concept-lora"
+    if images != concept:
+        problems.append("data.kind images goes with strategy concept-lora (and concept-lora with data.kind images)")
+    if not concept:
+        if cfg.prior.generate is not None:
+            problems.append("prior.generate makes class images for strategy concept-lora; multi-view priors use prior.root")
+        return problems
+    for section, keys in _MULTIVIEW_ONLY.items():
+        given = getattr(cfg, section).model_fields_set
+        for key in keys:
+            if key in given:
+                problems.append(f"{section}.{key} is a multi-view setting; strategy concept-lora does not use it"
+                                + (" (use data.images.caption_dropout)" if key == "prompt_drop_prob" else ""))
+    if "train_cond_encoder" in cfg.model_fields_set:
+        problems.append("train_cond_encoder is a multi-view setting; strategy concept-lora trains no cond encoder")
+    if cfg.validation.early_stopping_patience:
+        problems.append("validation.early_stopping_patience needs a validation loss; concept-lora validates with sample grids")
+    if cfg.data.images.buckets and cfg.data.height % 64:
+        problems.append(f"data.height {cfg.data.height} must be a multiple of 64 for aspect-ratio buckets (or data.images.buckets=false)")
+    if cfg.prior.generate is not None and not cfg.prior.class_prompt:
+        problems.append("prior.generate needs prior.class_prompt (e.g. 'a toy duck'), the prompt its class images are made with")
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -711,12 +809,16 @@ def check_config(cfg: TrainConfig) -> None:
     """
     data = cfg.data
     problems = path_problems(lambda dotted: _dotted(cfg.model_dump(), dotted))
+    problems += evaluation_problems(cfg.evaluation)
     if cfg.optim.name == "adamw8bit":
         problem = bitsandbytes_problem()
         if problem:
             problems.append(f"optim.name=adamw8bit: {problem}; use optim.name=adafactor instead")
     if problems:
         raise TrainConfigError("config problems:\n  - " + "\n  - ".join(problems))
+    if data.kind == "images":
+        check_image_data(cfg)
+        return
 
     try:
         splits = split_lists(cfg)
@@ -741,6 +843,23 @@ def check_config(cfg: TrainConfig) -> None:
 
     if data.image_names is not None:
         check_dataset_views(data.root, [e for es in splits.values() for e in es], cfg.model.variant, data.image_names)
+
+
+def check_image_data(cfg: TrainConfig) -> None:
+    """data.kind images: every image readable and captioned (and the class images when given, not generated)."""
+    from mvtune.data.images import ImageDatasetError, scan_images
+
+    sources = [("data.root", cfg.data.root)]
+    if cfg.prior.root is not None and cfg.prior.generate is None:
+        sources.append(("prior.root", cfg.prior.root))
+    problems = []
+    for key, source in sources:
+        try:
+            scan_images(source)
+        except ImageDatasetError as exc:
+            problems.append(f"{key}: {exc}")
+    if problems:
+        raise TrainConfigError("\n".join(problems))
 
 
 def check_licences(cfg: TrainConfig) -> dict:

@@ -329,6 +329,10 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, extra_callbacks: list | None 
         )
     preempt = PreemptionCallback(ckpt_dir, [signal.SIGTERM] if on_slurm else [signal.SIGUSR1, signal.SIGTERM])
     callbacks.append(preempt)
+    if cfg.trainer.enable_progress_bar:
+        from mvtune.train.progress import StepProgress
+
+        callbacks.append(StepProgress())  # one bar over all steps with loss and steps/s (Lightning's is per epoch)
     callbacks += extra_callbacks or []
     val = cfg.validation
     trainer = L.Trainer(
@@ -343,7 +347,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, extra_callbacks: list | None 
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         gradient_clip_val=cfg.optim.grad_clip,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
-        enable_progress_bar=cfg.trainer.enable_progress_bar,
+        enable_progress_bar=False,  # StepProgress instead
         val_check_interval=val.every_n_steps,
         check_val_every_n_epoch=None if val.every_n_steps else val.check_every_n_epochs,
         limit_val_batches=val.num_batches if val.num_batches else 1.0,
@@ -360,6 +364,24 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, extra_callbacks: list | None 
     return trainer, preempt
 
 
+def _data_and_system(cfg: TrainConfig, components: dict | None, rank: int):
+    """The strategy's data module and Lightning system (concept-lora: images, a plain SDXL LoRA)."""
+    if cfg.strategy == "concept-lora":
+        from mvtune.train.concept_lora import ConceptLoraSystem, ensure_class_images
+        from mvtune.train.data import ImageTrainDataModule
+        from mvtune.train.system import load_base_components
+
+        if components is None:
+            components = load_base_components(cfg.model.base, cfg.model.vae, cfg.trainer.seed)
+        if cfg.prior.generate:
+            ensure_class_images(cfg, components, rank)  # before the LoRA exists: the base model's own prior
+        return ImageTrainDataModule(cfg), ConceptLoraSystem(cfg, components)
+    from mvtune.train.data import TrainDataModule
+    from mvtune.train.system import MVAdapterSystem
+
+    return TrainDataModule(cfg), MVAdapterSystem(cfg, components)
+
+
 def train(
     cfg: TrainConfig,
     config_stem: str = "train",
@@ -373,6 +395,10 @@ def train(
     """
     check_config(cfg)
     licences = check_licences(cfg)  # before any heavy work: a refused dataset fails in a second
+    if cfg.strategy == "concept-lora":
+        from mvtune.train.concept_lora import resolve_steps
+
+        cfg = resolve_steps(cfg)
     run_dir, checkpoint = resolve_resume(cfg, config_stem, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     held = contextlib.ExitStack()
@@ -406,12 +432,8 @@ def train(
         import lightning as L
 
         _no_duplicate_lightning_console()
-        from mvtune.train.data import TrainDataModule
-        from mvtune.train.system import MVAdapterSystem
-
         L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-        datamodule = TrainDataModule(cfg)
-        system = MVAdapterSystem(cfg, components)
+        datamodule, system = _data_and_system(cfg, components, rank)
         system.export_dir = run_dir / EXPORT_DIR
         system.samples_dir = run_dir / SAMPLES_DIR
         trainer, preempt = build_trainer(cfg, run_dir, extra_callbacks)
@@ -429,6 +451,8 @@ def train(
             summary["exports"] = {k: str(v) for k, v in system.export(run_dir / EXPORT_DIR).items()}
         summary["global_step"] = trainer.global_step
         summary["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if getattr(system, "_evaluator", None) is not None:
+            summary["best"] = system._evaluator.best  # the step `evaluation.best_metric` liked most, in export/best/
         return run_dir
     except BaseException as exc:
         summary["status"] = f"failed: {type(exc).__name__}: {exc}"

@@ -368,6 +368,10 @@ class MVAdapterSystem(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.cfg.validation.num_objects and self.trainer.is_global_zero and self.samples_dir is not None:
             self.sample_grid()
+        if self.cfg.evaluation.enabled:
+            from mvtune.train.evaluation import log_evaluation
+
+            log_evaluation(self)
 
     def configure_optimizers(self):
         cfg, optim = self.cfg, self.cfg.optim
