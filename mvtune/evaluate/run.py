@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -502,7 +501,7 @@ def unit_values(records: list[dict], group: str, metric: str) -> dict:
     return {unit: float(np.mean(v)) for unit, v in acc.items()}
 
 
-def _features(record: dict, out: Path) -> dict:
+def _features(record: dict) -> dict:
     try:
         with np.load(Path(record["dir"]) / FEATURES) as data:
             return {k: data[k] for k in data.files}
@@ -510,14 +509,14 @@ def _features(record: dict, out: Path) -> dict:
         return {}
 
 
-def diversity_values(records: list[dict], group: str, scorer: str, out: Path) -> dict:
+def diversity_values(records: list[dict], group: str, scorer: str) -> dict:
     """{mesh: mean over the group's prompts of the seed-to-seed diversity (per view, averaged over views)}."""
     from mvtune.evaluate.metrics import diversity
 
     by_prompt: dict[tuple, list[np.ndarray]] = defaultdict(list)
     for r in records:
         if _in_group(r, group):
-            feats = _features(r, out).get(scorer)
+            feats = _features(r).get(scorer)
             if feats is not None:
                 by_prompt[(r["mesh"], r["prompt_id"])].append(feats)
     per_mesh: dict[str, list[float]] = defaultdict(list)
@@ -528,14 +527,14 @@ def diversity_values(records: list[dict], group: str, scorer: str, out: Path) ->
     return {mesh: float(np.mean(v)) for mesh, v in per_mesh.items()}
 
 
-def _kid(records: list[dict], scorer: str, suite: Suite, out: Path) -> dict | None:
+def _kid(records: list[dict], scorer: str, out: Path) -> dict | None:
     """KID on CLIP image features between a model's views and the ground-truth views of the same objects."""
     from mvtune.evaluate.metrics import kid
 
     generated, real = [], {}
     for r in records:
         path = out / GROUND_TRUTH / f"{r['mesh']}.npz"
-        feats = _features(r, out).get(scorer)
+        feats = _features(r).get(scorer)
         if feats is None or not path.is_file():
             continue
         if r["mesh"] not in real:
@@ -591,7 +590,7 @@ def summarize(suite: Suite, cells: list[Cell], records: dict[Path, dict], out: P
                 units = unit_values(recs, g, metric)
                 if units:
                     means[name][g][metric] = {"mean": float(np.mean(list(units.values()))), "n": len(units)}
-            diversity[name][g] = {s: diversity_values(recs, g, s, out) for s in scorers}
+            diversity[name][g] = {s: diversity_values(recs, g, s) for s in scorers}
             for s in scorers:
                 values = diversity[name][g][s]
                 if values:
@@ -664,7 +663,7 @@ def summarize(suite: Suite, cells: list[Cell], records: dict[Path, dict], out: P
         "comparisons": comparisons,
         "forgetting": forgetting,
         "attributes": attributes,
-        "kid": {name: {s: _kid(recs, s, suite, out) for s in scorers} for name, recs in by_model.items()},
+        "kid": {name: {s: _kid(recs, s, out) for s in scorers} for name, recs in by_model.items()},
         "consistency_pairs": {name: _pair_matrix(recs) for name, recs in by_model.items()},
     }
 
