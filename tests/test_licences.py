@@ -65,14 +65,21 @@ def licensed(ducks, tmp_path):
     return root, set_licences
 
 
-def test_train_refuses_forbidden_licences_before_work_and_records_an_override(licensed, tmp_path):
+def _config(root, out):
+    from mvtune.train.run import demo_config
+
+    cfg = demo_config(root, out, steps=1, resolution=64, strategy="adapter", seed=0)
+    cfg.validation.num_objects, cfg.validation.every_n_steps = 0, 1000  # the licence record is what is tested
+    return cfg
+
+
+def test_train_refuses_forbidden_licences_before_any_work(licensed, tmp_path):
     from mvtune.train.config import TrainConfigError
-    from mvtune.train.run import demo_config, train
+    from mvtune.train.run import train
 
     root, set_licences = licensed
     train_ids = set_licences({0: "tencent-hunyuan-community", 1: None})
-    cfg = demo_config(root, tmp_path / "runs", steps=1, resolution=64, strategy="adapter", seed=0)
-    cfg.validation.num_objects, cfg.validation.every_n_steps = 0, 1000  # the licence record is what is tested
+    cfg = _config(root, tmp_path / "runs")
     with pytest.raises(TrainConfigError) as info:
         train(cfg)
     message = str(info.value)
@@ -85,17 +92,46 @@ def test_train_refuses_forbidden_licences_before_work_and_records_an_override(li
     with pytest.raises(TrainConfigError, match="no licence recorded: 1"):
         train(cfg)
 
-    cfg.data.licence_policy.unknown = "warn"
-    run = train(cfg)
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "finished"
+
+def _expect_override_record(summary: dict, train_ids: list[str]) -> None:
     record = summary["licences"]
     assert record["policy"]["forbidden"] == "warn" and record["checked"]
     assert {(w["id"], w["reason"]) for w in record["warned"]} == {
         (train_ids[0], "tencent-hunyuan-community forbids using it to train models"),
         (train_ids[1], "no licence recorded"),
     }
-    assert record["counts"]["tencent-hunyuan-community"] == 1
+    assert record["counts"]["tencent-hunyuan-community"] == 1 and record["refused"] == []
+
+
+def test_an_override_is_recorded_in_summary_json(licensed, tmp_path, monkeypatch):
+    import mvtune.train.run as run
+
+    root, set_licences = licensed
+    train_ids = set_licences({0: "tencent-hunyuan-community", 1: None})
+    cfg = _config(root, tmp_path / "runs")
+    cfg.data.licence_policy.forbidden = "warn"
+
+    def stop(*args, **kwargs):  # the record is written whatever happens next; stop before building models
+        raise RuntimeError("stopped after the licence check")
+
+    monkeypatch.setattr(run, "_data_and_system", stop)
+    with pytest.raises(RuntimeError, match="stopped"):
+        run.train(cfg)
+    summary = json.loads(next((tmp_path / "runs").rglob("summary.json")).read_text())
+    _expect_override_record(summary, train_ids)
+
+
+@pytest.mark.slow
+def test_an_overridden_run_trains_and_keeps_the_record(licensed, tmp_path):
+    from mvtune.train.run import train
+
+    root, set_licences = licensed
+    train_ids = set_licences({0: "tencent-hunyuan-community", 1: None})
+    cfg = _config(root, tmp_path / "runs")
+    cfg.data.licence_policy.forbidden = "warn"
+    summary = json.loads((train(cfg) / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    _expect_override_record(summary, train_ids)
 
 
 def test_config_key_validates():
