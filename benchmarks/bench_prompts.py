@@ -58,7 +58,8 @@ def main() -> None:
     args = parser.parse_args()
     rows = [measure(int(n), args.concepts) for n in args.sizes.split(",")]
     reference = rows[0]
-    print("| prompts | sample s | prompts/s | check s | flagged | RSS after imports MiB | peak RSS MiB | peak ratio vs first |")
+    print("| prompts | sample s | prompts/s | check s | flagged | RSS after imports MiB | peak RSS MiB "
+          "| peak ratio vs first |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['prompts']} | {r['sample_s']:.2f} | {r['prompts'] / r['sample_s']:.0f} | {r['check_s']:.2f} | "

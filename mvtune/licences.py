@@ -118,7 +118,8 @@ class LicenceCheck:
         def rows(items):
             return [{"id": i, "licence": lic, "reason": why} for i, lic, why in items]
 
-        return {"policy": self.policy, "counts": self.counts, "refused": rows(self.refused), "warned": rows(self.warned)}
+        return {"policy": self.policy, "counts": self.counts, "refused": rows(self.refused),
+                "warned": rows(self.warned)}
 
 
 def describe(items: list[tuple[str, str, str]], limit: int = 5) -> str:

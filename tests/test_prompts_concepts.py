@@ -61,9 +61,11 @@ def test_sampling_is_deterministic_distinct_and_records_what_was_drawn():
 @pytest.mark.parametrize("change, expected", [
     ({"subjects": []}, "'subjects' is an empty pool"),
     ({"concepts": {}}, "'concepts' is an empty pool"),
-    ({"concepts": {"chef": {"attributes": {"hat": {"phrases": []}}}}}, "'concepts.chef.attributes.hat.phrases' is an empty pool"),
+    ({"concepts": {"chef": {"attributes": {"hat": {"phrases": []}}}}},
+     "'concepts.chef.attributes.hat.phrases' is an empty pool"),
     ({"stlyes": ["x"]}, "unknown key 'stlyes' (did you mean 'styles'?)"),
-    ({"concepts": {"chef": {"atributes": {}}}}, "unknown key 'concepts.chef.atributes' (did you mean 'concepts.chef.attributes'?)"),
+    ({"concepts": {"chef": {"atributes": {}}}},
+     "unknown key 'concepts.chef.atributes' (did you mean 'concepts.chef.attributes'?)"),
     ({"concepts": {"chef": {"attributes": {"hat": {"phrases": ["a"], "postive": "x"}}}}},
      "did you mean 'concepts.chef.attributes.hat.positive'?"),
     ({"concepts": {"chef": {"attributes": {"hat": {"phrases": ["a"], "positive": "x"}}}}}, "'contrast' is required"),
@@ -95,7 +97,8 @@ def test_small_pools_refuse_large_counts():
 
 
 def test_protected_concepts_are_refused_or_recorded():
-    data = _minimal(concepts={"plumber": {"phrase": "Mario-style plumber", "attributes": {"hat": {"phrases": ["red cap"]}}}})
+    plumber = {"phrase": "Mario-style plumber", "attributes": {"hat": {"phrases": ["red cap"]}}}
+    data = _minimal(concepts={"plumber": plumber})
     with pytest.raises(ProtectedPromptError, match="Mario"):
         sample_prompts(parse_concepts(data), 1)
     rows = sample_prompts(parse_concepts(data), 1, override=True)

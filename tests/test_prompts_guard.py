@@ -71,6 +71,7 @@ def test_every_name_is_caught_in_disguise(term):
     ("$onic the duck", "Sonic"), ("bat man duck", "Batman"), ("SUPER-MAN", "Superman"), ("fort nite skin", "Fortnite"),
     ("Mr. Beast", "MrBeast"), ("mr_beast duck", "MrBeast"), ("Pokémon trainer", "Pokemon"), ("1ego bricks", "Lego"),
     ("a Kirbies plush", "Kirby"), ("Batmans", "Batman"), ("Btaman", "Batman"),
+    ("\u041c\u0430rio duck", "Mario"), ("\uff33\uff2f\uff2e\uff29\uff23", "Sonic"), ("Ma\u200brio", "Mario"),
 ])
 def test_examples(text, term):
     assert find_protected(text) == term

@@ -42,8 +42,8 @@ def caption_stats(captions: list[str]) -> dict:
         "count": len(captions),
         "empty": sum(1 for c in captions if not c.strip()),
         "unique": len(set(captions)),
-        "words": {"min": int(lengths.min()), "median": float(np.median(lengths)), "mean": round(float(lengths.mean()), 2),
-                  "max": int(lengths.max())},
+        "words": {"min": int(lengths.min()), "median": float(np.median(lengths)),
+                  "mean": round(float(lengths.mean()), 2), "max": int(lengths.max())},
         "vocabulary": len(vocabulary),
         "top_words": [[word, n] for word, n in vocabulary.most_common(_TOP_WORDS)],
     }
@@ -64,7 +64,9 @@ def build_card(root: str | Path, near_duplicates: bool = True) -> dict:
     try:
         ids = [scene_id(e) for e in read_scene_list(root / "scene_list.json")]
     except (OSError, ValueError) as exc:
-        raise CardError(f"{root}: cannot read scene_list.json ({exc}); is this a dataset written by `mvtune render`?") from None
+        raise CardError(
+            f"{root}: cannot read scene_list.json ({exc}); is this a dataset written by `mvtune render`?"
+        ) from None
     try:
         manifest = read_manifest(root)
     except Exception as exc:  # SplitError: the message names the file
@@ -150,7 +152,8 @@ def render_markdown(card: dict, grid: str | None) -> str:
     lines = [f"# Dataset card: {card['root']}", "", f"{card['objects']} objects.", ""]
     if grid:
         lines += [f"![front views]({grid})", ""]
-    for key, title in (("concept", "Concepts"), ("generator", "Generators"), ("licence", "Licences"), ("split", "Splits")):
+    sections = (("concept", "Concepts"), ("generator", "Generators"), ("licence", "Licences"), ("split", "Splits"))
+    for key, title in sections:
         lines += [f"## {title}", "", _table(card["counts"][key]), ""]
     refused = [lic for lic, ok in card["licences_allow_training"].items() if not ok]
     if refused:

@@ -178,9 +178,13 @@ def read_cache(root: Path) -> dict[str, dict]:
         return {}
 
 
-def fingerprint_dataset(root: str | Path, ids: list[str] | None = None, manifest: dict | None = None,
-                        write_cache: bool = True,
-                        on_progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Fingerprint], list[str]]:
+def fingerprint_dataset(
+    root: str | Path,
+    ids: list[str] | None = None,
+    manifest: dict | None = None,
+    write_cache: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, Fingerprint], list[str]]:
     """Fingerprints of the dataset's objects (default: its scene list), reusing ``near_duplicates.json``.
 
     Returns (fingerprints, problems); an object that cannot be fingerprinted is a problem, not an exception.
@@ -230,8 +234,11 @@ def _bits(fingerprints: list[Fingerprint]) -> tuple[np.ndarray, np.ndarray]:
 _POPCOUNT = np.array([bin(k).count("1") for k in range(256)], dtype=np.uint16)
 
 
-def near_duplicate_pairs(fingerprints: dict[str, Fingerprint], max_hash_bits: int = MAX_HASH_BITS,
-                         max_geometry_distance: float = MAX_GEOMETRY_DISTANCE) -> list[tuple[str, str, int, float | None]]:
+def near_duplicate_pairs(
+    fingerprints: dict[str, Fingerprint],
+    max_hash_bits: int = MAX_HASH_BITS,
+    max_geometry_distance: float = MAX_GEOMETRY_DISTANCE,
+) -> list[tuple[str, str, int, float | None]]:
     """(id a, id b, hash bits apart, geometry distance or None) of every near-duplicate pair, a < b."""
     ids = sorted(fingerprints)
     prints = [fingerprints[i] for i in ids]

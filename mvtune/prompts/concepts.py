@@ -176,7 +176,8 @@ def _problems(exc: ValidationError) -> list[str]:
             fields = list(owner.model_fields) if owner else []
             close = difflib.get_close_matches(str(loc[-1]), fields, n=1, cutoff=0.5)
             parent = ".".join(map(str, loc[:-1]))
-            hint = f"did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else f"valid keys: {', '.join(fields)}"
+            prefix = parent + "." if parent else ""
+            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {', '.join(fields)}"
             problems.append(f"unknown key '{key}' ({hint})")
         elif error["type"] == "too_short":
             problems.append(f"'{key}' is an empty pool: give at least one entry")

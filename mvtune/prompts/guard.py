@@ -4,8 +4,9 @@ Image and mesh generators refuse such prompts (the team's SDXL service did for M
 made from them cannot be published, so every prompt mvtune sends to a generator passes `ensure_allowed` first.
 
 Matching works on a folded form of the text, so disguises match the listed spelling:
-accents dropped, lower case, camelCase split ("MrBeast" -> "mr beast"), leetspeak folded (0->o, 3->e, 4/@->a,
-5/$->s, 7->t, ...; 1, ! and | are read as "i" and, in a second pass, as "l"), then the words are
+accents dropped, Cyrillic/Greek look-alike letters and full-width forms mapped to Latin, lower case, camelCase
+split ("MrBeast" -> "mr beast"), leetspeak folded (0->o, 3->e, 4/@->a, 5/$->s, 7->t, ...; 1, ! and | are read as
+"i" and, in a second pass, as "l"), then the words are
 joined across spaces and punctuation ("Bat-Man", "M a r i o", "S.o.n.i.c" are "batman", "mario", "sonic"). A
 name matches whole words only ("marionette" is not Mario), with a plural or possessive ending, and names of six
 letters or more also within one edit (a letter added, dropped, changed, or two neighbours swapped). Common words
@@ -95,9 +96,19 @@ _MIN_FUZZY = 6
 _WORD = re.compile(r"[a-z0-9@$!|']+")
 
 
+#: Cyrillic and Greek letters that look like Latin ones ("Маrio" with a Cyrillic М); NFKD leaves them alone.
+_HOMOGLYPHS = str.maketrans({
+    "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c", "т": "t", "у": "y",
+    "х": "x", "і": "i", "ј": "j", "ѕ": "s", "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O",
+    "Р": "P", "С": "C", "Т": "T", "Х": "X", "І": "I", "Ѕ": "S", "α": "a", "ο": "o", "ι": "i", "κ": "k", "ν": "v",
+    "ρ": "p", "τ": "t", "υ": "u", "Α": "A", "Β": "B", "Ε": "E", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O",
+    "Ρ": "P", "Τ": "T", "Χ": "X", "Υ": "Y", "Ζ": "Z",
+})
+
+
 def fold(text: str) -> str:
     """The text as the guard compares it: plain ASCII, lower case, camelCase split, leetspeak folded."""
-    text = unicodedata.normalize("NFKD", text.replace("\u2019", "'"))
+    text = unicodedata.normalize("NFKD", text.replace("\u2019", "'").translate(_HOMOGLYPHS))
     text = "".join(c for c in text if not unicodedata.combining(c))
     text = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", text).lower()
     return text
