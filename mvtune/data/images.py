@@ -292,8 +292,12 @@ class BucketBatchSampler:
     """
 
     def __init__(self, size: int, buckets_for_epoch, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
+        from mvtune.data.loader import EpochSampler
+
         self.size, self.buckets_for_epoch, self.batch_size, self.seed = size, buckets_for_epoch, batch_size, seed
-        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+        self.num_replicas, self.rank = num_replicas, rank
+        # The epoch's shuffled order; Lightning calls set_epoch on `batch_sampler.sampler` each epoch.
+        self.sampler = EpochSampler(size, shuffle=True, seed=seed)
         self.skip: tuple[int, int] | None = None  # (epoch, batches of this rank already done)
         if not self._batches(0):
             counts = {}
@@ -305,21 +309,27 @@ class BucketBatchSampler:
                 "data.images.buckets=false"
             )
 
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
 
     def _batches(self, epoch: int) -> list[list[int]]:
-        rng = np.random.default_rng([self.seed, epoch])
+        """Epoch-offset indices grouped into full single-bucket batches, the batches in a seeded order."""
         buckets = self.buckets_for_epoch(epoch)
+        self.sampler.set_epoch(epoch)
         groups: dict[tuple[int, int], list[int]] = {}
-        for i in rng.permutation(self.size):
-            groups.setdefault(buckets[int(i)], []).append(int(i))
+        for index in self.sampler:
+            groups.setdefault(buckets[index % self.size], []).append(index)
         batches = [
             members[k : k + self.batch_size]
             for _, members in sorted(groups.items())
             for k in range(0, len(members) - self.batch_size + 1, self.batch_size)
         ]
-        return [batches[int(j)] for j in rng.permutation(len(batches))]
+        order = np.random.default_rng([self.seed, epoch, 1]).permutation(len(batches))
+        return [batches[int(j)] for j in order]
 
     def _rank_batches(self, epoch: int) -> list[list[int]]:
         batches = self._batches(epoch)
@@ -332,9 +342,10 @@ class BucketBatchSampler:
         return len(self._rank_batches(self.epoch))
 
     def __iter__(self):
+        # A generator, so the order is read at the first batch: Lightning creates the iterator before it calls
+        # set_epoch, and a resumed run must see the restored epoch.
         batches = self._rank_batches(self.epoch)
         if self.skip is not None and self.skip[0] == self.epoch:
             batches = batches[self.skip[1] :]
             self.skip = None
-        offset = self.epoch * self.size
-        return iter([[offset + i for i in batch] for batch in batches])
+        yield from batches

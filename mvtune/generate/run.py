@@ -160,11 +160,11 @@ def apply_lora(pipe, path: Path, scale: float = 1.0) -> list[str]:
     `_mv` layers and the cond encoder stay exactly the adapter file's.
     """
     from diffusers import StableDiffusionXLPipeline
-    from diffusers.loaders.lora_base import fuse_text_encoder_lora
-    from diffusers.utils import recurse_remove_peft_layers
 
     try:
-        state_dict, alphas = StableDiffusionXLPipeline.lora_state_dict(str(path), unet_config=pipe.unet.config)
+        state_dict, alphas, metadata = StableDiffusionXLPipeline.lora_state_dict(
+            str(path), unet_config=pipe.unet.config, return_lora_metadata=True
+        )
     except Exception as exc:
         raise GenerateError(f"{path}: not a readable SDXL LoRA file ({type(exc).__name__}: {exc})") from exc
     if not state_dict:
@@ -176,27 +176,52 @@ def apply_lora(pipe, path: Path, scale: float = 1.0) -> list[str]:
     if multiview:
         raise GenerateError(f"{path}: LoRA weights reach the multi-view layers ({multiview[:3]}); only base layers may change")
     present = [c for c in LORA_COMPONENTS if any(k.startswith(f"{c}.") for k in state_dict)]
-    name = "mvtune_lora"
     try:
         if "unet" in present:
-            pipe.unet.load_lora_adapter(state_dict, network_alphas=alphas, prefix="unet", adapter_name=name)
+            pipe.unet.load_lora_adapter(state_dict, network_alphas=alphas, metadata=metadata, prefix="unet",
+                                        adapter_name="mvtune_lora")
             pipe.unet.fuse_lora(lora_scale=scale)
             pipe.unet.unload_lora()
         for component in present:
-            if component == "unet":
-                continue
-            encoder = getattr(pipe, component)
-            StableDiffusionXLPipeline.load_lora_into_text_encoder(
-                state_dict, network_alphas=alphas, text_encoder=encoder, prefix=component, adapter_name=name
-            )
-            fuse_text_encoder_lora(encoder, lora_scale=scale, adapter_names=[name])
-            recurse_remove_peft_layers(encoder)  # keeps the merged base weights, drops the LoRA modules
-            if getattr(encoder, "peft_config", None) is not None:  # as diffusers' unload_lora_weights does
-                del encoder.peft_config
-                encoder._hf_peft_config_loaded = None
+            if component != "unet":
+                _fuse_text_encoder_lora(getattr(pipe, component), state_dict, alphas, metadata, component, scale)
     except Exception as exc:
         raise GenerateError(f"{path}: cannot apply the LoRA to {present} ({type(exc).__name__}: {exc})") from exc
     return present
+
+
+def _fuse_text_encoder_lora(encoder, state_dict: dict, alphas: dict | None, metadata: dict | None, prefix: str,
+                            scale: float) -> None:
+    """diffusers' text-encoder LoRA loading, with peft injecting the layers directly: transformers' own PEFT
+    integration (`load_adapter`) refuses the peft release this project pins."""
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, recurse_remove_peft_layers
+    from diffusers.utils.peft_utils import _create_lora_config
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    state = {k.removeprefix(f"{prefix}."): v for k, v in state_dict.items() if k.startswith(f"{prefix}.")}
+    state = convert_state_dict_to_peft(convert_state_dict_to_diffusers(state))
+    if not hasattr(encoder, "text_model"):  # transformers >= 5 flattens CLIPTextModel; older files name text_model
+        state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    if metadata:
+        metadata = {k.removeprefix(f"{prefix}."): v for k, v in metadata.items() if k.startswith(f"{prefix}.")} or None
+    if alphas:
+        alphas = {k.removeprefix(f"{prefix}."): v for k, v in alphas.items() if k.split(".")[0] == prefix} or None
+    ranks = {k: v.shape[1] for k, v in state.items() if k.endswith("lora_B.weight")}
+    config = _create_lora_config(state, alphas, metadata, ranks, is_unet=False)
+    inject_adapter_in_model(config, encoder, adapter_name="mvtune_lora")
+    result = set_peft_model_state_dict(encoder, state, adapter_name="mvtune_lora")
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if unexpected:
+        raise ValueError(f"{prefix}: LoRA keys match no layer ({unexpected[:3]})")
+    for module in encoder.modules():
+        if isinstance(module, BaseTunerLayer):
+            if scale != 1.0:
+                module.scale_layer(scale)
+            module.merge()
+    recurse_remove_peft_layers(encoder)  # keeps the merged base weights, drops the LoRA modules
+    if getattr(encoder, "peft_config", None) is not None:
+        del encoder.peft_config
 
 
 def grid_image(images: list[np.ndarray]) -> Image.Image:
@@ -262,7 +287,9 @@ def generate(cfg: GenerateConfig, pipeline=None, renderer=None) -> dict:
         if mesh.num_faces == 0:
             raise GenerateError(f"{cfg.mesh}: mesh has no faces")
         cond = condition_maps(mesh, cfg.sampling.resolution, VARIANT, renderer)
-    except (MeshError, RenderError) as exc:
+    except MeshError as exc:  # the loader's messages name the file already
+        raise GenerateError(str(exc)) from exc
+    except RenderError as exc:
         raise GenerateError(f"{cfg.mesh}: {exc}") from exc
     timings["conditions"] = time.perf_counter() - start
 

@@ -136,3 +136,53 @@ class TrainDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         if state:
             self.sampler.skip = (state["epoch"], state["batches_done"] * self.cfg.data.batch_size)
+
+
+class ImageTrainDataModule(TrainDataModule):
+    """data.kind images (strategy concept-lora): images (+ class images mixed in by PriorMixDataset) batched by
+    aspect-ratio bucket, in an order that resumes mid-epoch exactly like TrainDataModule's. No val loader: the
+    concept system validates with sample grids."""
+
+    def __init__(self, cfg: TrainConfig):
+        L.LightningDataModule.__init__(self)  # TrainDataModule's would read multi-view splits
+        from mvtune.data.images import BucketBatchSampler, ImageDataset
+
+        self.cfg = cfg
+        data, images = cfg.data, cfg.data.images
+        common = dict(resolution=data.height, buckets=images.buckets, max_aspect=images.max_aspect,
+                      random_crop=images.random_crop, flip_prob=data.mirror_prob, seed=cfg.trainer.seed)
+        self.train_set = ImageDataset(
+            data.root, caption_dropout=images.caption_dropout, shuffle_tags=images.shuffle_tags,
+            keep_tokens=images.keep_tokens, **common,
+        )
+        self.reg_set = None
+        prior_root = cfg.class_image_dir() if cfg.prior.generate else cfg.prior.root
+        if prior_root is not None:
+            self.reg_set = ImageDataset(prior_root, **common)  # class captions stay as they are
+        self.mixed = PriorMixDataset(self.train_set, self.reg_set, cfg.prior.ratio)
+        self.sampler = BucketBatchSampler(len(self.mixed), self._buckets, data.batch_size, seed=cfg.trainer.seed)
+        if self.reg_set is not None:
+            log.info("prior preservation: %d class + %d concept images per epoch (ratio %.2f, weight %g)",
+                     self.mixed.n_reg, self.mixed.n_main, cfg.prior.ratio, cfg.prior.weight)
+
+    def _buckets(self, epoch: int) -> list[tuple[int, int]]:
+        """The bucket of every mixed index in `epoch` (class slots walk through the class images)."""
+        mixed = self.mixed
+        reg = [self.reg_set.buckets[(epoch * mixed.n_reg + k) % len(self.reg_set)] for k in range(mixed.n_reg)]
+        return list(self.train_set.buckets) + reg
+
+    def train_dataloader(self) -> DataLoader:
+        from mvtune.data.images import collate_images
+
+        workers = self.cfg.data.num_workers
+        trainer = self.trainer
+        self.sampler.num_replicas, self.sampler.rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        return DataLoader(self.mixed, batch_sampler=self.sampler, num_workers=workers, collate_fn=collate_images,
+                          persistent_workers=workers > 0)
+
+    def val_dataloader(self):
+        return []
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.sampler.skip = (state["epoch"], state["batches_done"])  # batches, not indices
