@@ -145,4 +145,85 @@ def test_a_copy_torn_while_writing_leaves_no_glb(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "write_bytes", torn)
     report = augment_meshes(tmp_path / "meshes", tmp_path / "aug", copies=1)
     assert len(report["failed"]) == 1 and "disk full" in report["failed"][0]["reason"]
-    assert list((tmp_path / "aug").glob("*.glb")) == [] and list((tmp_path / "aug").glob(".*")) == []
+    assert list((tmp_path / "aug").glob("*.glb")) == []
+    assert [p.name for p in (tmp_path / "aug").glob(".*")] == [".mvtune.lock"]  # no temp file left, only the lock
+
+
+def _big_texture_glb(path, size: int):
+    import trimesh
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, size, dtype=np.float32).astype(np.uint8)
+    rgb = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], np.full((size, size), 90, np.uint8)), -1)
+    box = trimesh.creation.box()
+    uv = np.random.default_rng(0).uniform(0, 1, (len(box.vertices), 2))
+    material = trimesh.visual.material.PBRMaterial(baseColorTexture=Image.fromarray(rgb, "RGB"))
+    box.visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(trimesh.Scene(box).export(file_type="glb"))
+
+
+def test_jitter_stays_within_its_memory_bound(tmp_path):
+    """Colour jitter in uint8 and float32 chunks: a 2048² texture (16 MiB as RGBA) must not cost ~160 B/texel."""
+    import subprocess
+    import sys
+
+    size = 2048
+    _big_texture_glb(tmp_path / "in" / "box.glb", size)
+    probe = (
+        "import resource, sys; from mvtune.data.augment import augment_meshes;"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        "r = augment_meshes(sys.argv[1], sys.argv[2]); assert not r['failed'], r;"
+        "print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "in"), str(tmp_path / "aug")],
+                         capture_output=True, text=True, check=True)
+    before, peak = (int(v) * 1024 for v in out.stdout.split())  # KiB on Linux
+    per_texel = (peak - before) / size**2
+    assert per_texel < 40, f"augment took {per_texel:.0f} bytes per texel above its imports"
+    from PIL import Image
+    import trimesh
+
+    scene = trimesh.load(tmp_path / "aug" / "box_aug0.glb", force="scene", process=False)
+    (geometry,) = scene.geometry.values()
+    assert geometry.visual.material.baseColorTexture.size == (size, size)  # the copy keeps its texture
+    assert isinstance(geometry.visual.material.baseColorTexture, Image.Image)
+
+
+def test_a_texture_too_large_to_decode_is_a_failure_not_a_bare_copy(tmp_path):
+    import struct
+    import zlib
+
+    import trimesh
+
+    _big_texture_glb(tmp_path / "src" / "box.glb", 8)
+    files = trimesh.load(tmp_path / "src" / "box.glb", force="scene").export(file_type="gltf")
+    (tmp_path / "in").mkdir()
+    for name, data in files.items():
+        (tmp_path / "in" / name).write_bytes(data)
+    gltf = tmp_path / "in" / next(n for n in files if n.endswith(".gltf"))
+    header = json.loads(gltf.read_text())
+    header["images"] = [{"uri": "big.png", "mimeType": "image/png"}]
+    gltf.write_text(json.dumps(header))
+    image = "big.png"
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    # A valid PNG header that claims 50000 x 50000 pixels: the header alone must refuse it.
+    ihdr = struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0)
+    (tmp_path / "in" / image).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    report = augment_meshes(tmp_path / "in", tmp_path / "aug")
+    assert len(report["failed"]) == 1 and "pixels" in report["failed"][0]["reason"]
+    assert not list((tmp_path / "aug").glob("*.glb"))
+
+
+def test_a_second_augment_into_the_same_folder_is_refused(tmp_path):
+    from mvtune.data.augment import AugmentError
+    from mvtune.meshes import write_sample_meshes
+    from mvtune.storage import folder_lock
+
+    write_sample_meshes(tmp_path / "meshes", count=1)
+    with folder_lock(tmp_path / "aug", "another augment"):
+        with pytest.raises(AugmentError, match="another augment"):
+            augment_meshes(tmp_path / "meshes", tmp_path / "aug")

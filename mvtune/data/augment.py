@@ -22,6 +22,7 @@ clamp(P+0.5, 0, 1) in world XYZ, normals n*0.5+0.5 in world XYZ) and the 0.5 bac
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from mvtune import cameras
+from mvtune.storage import FolderLockedError, folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -196,19 +198,34 @@ def jitter_rgb(rgb: np.ndarray, hue: float, saturation: float, brightness: float
     return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
 
 
+#: Pixels converted at a time. jitter_rgb's float32 temporaries take ~100 bytes per pixel, so a chunk bounds them
+#: to ~100 MiB whatever the texture size; the texture itself is held as uint8 (4 bytes per texel, plus trimesh's
+#: decoded copy and the re-encoded PNG).
+JITTER_CHUNK_PIXELS = 1 << 20
+
+
+def _jitter_in_place(colours: np.ndarray, params: dict) -> None:
+    """Jitter uint8 (..., 3 or 4) colours in place, chunk by chunk; alpha kept."""
+    flat = colours.reshape(-1, colours.shape[-1])  # a view: colours is C-contiguous
+    for start in range(0, len(flat), JITTER_CHUNK_PIXELS):
+        block = flat[start : start + JITTER_CHUNK_PIXELS]
+        block[:, :3] = jitter_rgb(block[:, :3], params["hue"], params["saturation"], params["brightness"])
+
+
 def _jitter_colours(colours: np.ndarray, params: dict) -> np.ndarray:
     """uint8 (..., 3 or 4) colours jittered; alpha kept."""
-    out = np.array(colours, dtype=np.uint8, copy=True)
-    out[..., :3] = jitter_rgb(out[..., :3], params["hue"], params["saturation"], params["brightness"])
+    out = np.array(colours, dtype=np.uint8, copy=True, order="C")
+    _jitter_in_place(out, params)
     return out
 
 
 def _jitter_image(image, params: dict):
     from PIL import Image
 
-    mode = image.mode
-    rgba = np.asarray(image.convert("RGBA"))
-    return Image.fromarray(_jitter_colours(rgba, params), "RGBA").convert(mode if mode in ("RGB", "RGBA") else "RGBA")
+    mode = "RGBA" if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info else "RGB"
+    pixels = np.array(image.convert(mode))  # the one writable uint8 copy
+    _jitter_in_place(pixels, params)
+    return Image.fromarray(pixels, mode)
 
 
 def jitter_scene(scene, params: dict) -> int:
@@ -277,10 +294,7 @@ def augment_meshes(
     Writes ``<parent id>_aug<k>.glb`` with ``.json`` (group, parent, concept, licence, augmentation) and ``.txt``
     (caption with colour words adjusted) sidecars, and ``augment_report.json``; returns that report.
     """
-    import trimesh
-
-    from mvtune.render.dataset import assign_ids, discover_meshes, read_sidecars, source_hash
-    from mvtune.storage import atomic_write, write_json
+    from mvtune.render.dataset import assign_ids, discover_meshes
 
     if copies < 1:
         raise AugmentError(f"copies must be >= 1, got {copies}")
@@ -289,7 +303,24 @@ def augment_meshes(
     except Exception as exc:
         raise AugmentError(str(exc)) from None
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(folder_lock(out, f"mvtune augment {input}"))
+        except FolderLockedError as exc:
+            raise AugmentError(str(exc)) from None
+        return _augment_locked(sources, input, out, copies, hue, saturation, brightness, seed)
+
+
+def _augment_locked(sources: dict, input, out: Path, copies: int, hue: float, saturation: float, brightness: float,
+                    seed: int) -> dict:
+    import trimesh
+
+    from mvtune.meshes import MeshError, load_mesh
+    from mvtune.render.dataset import read_sidecars, source_hash
+    from mvtune.storage import atomic_write, write_json
+
+    for leftover in out.glob(".*.tmp"):  # temp files of a run killed mid-write
+        leftover.unlink(missing_ok=True)
     rng = np.random.default_rng(seed)
     report = {"input": str(input), "out_dir": str(out), "seed": seed, "objects": [], "failed": []}
     for parent_id, src in sources.items():
@@ -298,6 +329,12 @@ def augment_meshes(
             group = sidecar.get("group") or source_hash(src)
         except (OSError, ValueError) as exc:
             report["failed"].append({"source": str(src), "reason": str(exc)})
+            continue
+        try:
+            load_mesh(src)  # the loader's checks and messages, the ones `render` gives (trimesh's are raw)
+        except MeshError as exc:
+            report["failed"].append({"source": str(src), "reason": str(exc)})
+            log.error("augment %s", exc)
             continue
         for k in range(copies):
             params = {

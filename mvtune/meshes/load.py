@@ -71,24 +71,8 @@ def load_mesh(
     """
     path = Path(path)
     ext = path.suffix.lower()
-    if ext not in SUPPORTED_EXTENSIONS:
-        raise UnsupportedFormatError(
-            f"{path}: unsupported mesh format {ext or '(no extension)'!r}; supported: {', '.join(SUPPORTED_EXTENSIONS)}"
-        )
-    if not path.is_file():
-        raise MeshReadError(f"{path}: file not found")
-    warns: list[str] = []
+    warns = check_mesh_file(path, max_texture_pixels=max_texture_pixels, max_total_texture_pixels=max_total_texture_pixels)
     with _pixel_guard(max_texture_pixels):
-        sizes: list[int] = []
-        if ext in (".glb", ".gltf"):
-            warns += _check_gltf(path, max_texture_pixels, sizes)
-        elif ext == ".obj":
-            _check_obj(path, max_texture_pixels, sizes)
-        if sum(sizes) > max_total_texture_pixels:
-            raise TextureTooLargeError(
-                f"{path}: its {len(sizes)} textures hold {sum(sizes)} pixels together, over the per-object budget "
-                f"of {max_total_texture_pixels} (raise it with --max-total-texture-pixels if you have the memory)"
-            )
         try:
             scene = trimesh.load(path, process=False, force="scene")
         except IndexError as e:
@@ -102,6 +86,38 @@ def load_mesh(
     mesh = Mesh(parts=parts, source=str(path), warnings=warns)
     _check_extent(path, mesh)
     return mesh
+
+
+def check_mesh_file(
+    path: str | Path,
+    *,
+    max_texture_pixels: int = DEFAULT_MAX_TEXTURE_PIXELS,
+    max_total_texture_pixels: int = DEFAULT_MAX_TOTAL_TEXTURE_PIXELS,
+) -> list[str]:
+    """The checks made before any parsing: format, referenced files, texture sizes from image headers only, the
+    per-object pixel budget. For tools that give the file to trimesh themselves (augment), which would drop a
+    texture it cannot decode in silence. Returns warnings; raises a MeshError."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise UnsupportedFormatError(
+            f"{path}: unsupported mesh format {ext or '(no extension)'!r}; supported: {', '.join(SUPPORTED_EXTENSIONS)}"
+        )
+    if not path.is_file():
+        raise MeshReadError(f"{path}: file not found")
+    warns: list[str] = []
+    sizes: list[int] = []
+    with _pixel_guard(max_texture_pixels):
+        if ext in (".glb", ".gltf"):
+            warns += _check_gltf(path, max_texture_pixels, sizes)
+        elif ext == ".obj":
+            _check_obj(path, max_texture_pixels, sizes)
+    if sum(sizes) > max_total_texture_pixels:
+        raise TextureTooLargeError(
+            f"{path}: its {len(sizes)} textures hold {sum(sizes)} pixels together, over the per-object budget "
+            f"of {max_total_texture_pixels} (raise it with --max-total-texture-pixels if you have the memory)"
+        )
+    return warns
 
 
 @contextlib.contextmanager
