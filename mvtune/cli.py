@@ -383,16 +383,24 @@ def dataset_split(
     test: float = typer.Option(0.1, help="Fraction of objects for testing."),
     seed: int = typer.Option(0, help="Seed of the group shuffle."),
     scene_list: Optional[Path] = typer.Option(None, help="Scene list (default ROOT/scene_list.json)."),
+    near_duplicates: bool = typer.Option(True, help="Also keep near-duplicates (same renders and geometry) together."),
 ) -> None:
-    """Split by source mesh (renders and augmented copies of one source stay together), stratified by concept."""
+    """Split by source mesh (renders and augmented copies of one source stay together, and near-duplicates found
+    from the renders too), stratified by concept."""
     from mvtune.data.splits import SplitError, split_dataset
 
     try:
-        report = split_dataset(root, val=val, test=test, seed=seed, scene_list=scene_list)
+        report = split_dataset(root, val=val, test=test, seed=seed, scene_list=scene_list,
+                               near_duplicates=near_duplicates)
     except SplitError as exc:
         _fail(str(exc))
     for name, count in report["objects"].items():
         console.print(f"{name}: {count} objects in {report['groups'][name]} source groups -> {report['files'][name]}")
+    if near_duplicates:
+        groups = report["near_duplicate_groups"]
+        console.print(f"{len(groups)} near-duplicate groups ({sum(map(len, groups))} objects) kept in one split each")
+        for problem in report["near_duplicate_problems"][:10]:
+            console.print(f"  [yellow]not fingerprinted[/]: {problem}")
 
 
 @dataset_app.command("card")
