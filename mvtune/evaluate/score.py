@@ -25,6 +25,7 @@ from PIL import Image
 from mvtune import cameras
 from mvtune.cameras import View
 from mvtune.evaluate.scorers import ClipScorer, ScoreError, clip_t
+from mvtune.generate.conditions import ConditionMaps, condition_maps, load_normalized
 from mvtune.generate.run import RECORD, VARIANT
 
 __all__ = ["ScoreError", "consistency", "read_views", "score_views", "silhouette_iou"]
@@ -143,60 +144,74 @@ def _psnr(mse: float) -> float:
     return PSNR_MAX if mse <= 0.0 else min(PSNR_MAX, 10.0 * math.log10(255.0**2 / mse))
 
 
-def consistency(
-    images: Sequence[np.ndarray],
-    position: np.ndarray,
-    mask: np.ndarray,
-    depth: np.ndarray,
-    normal: np.ndarray,
-    views: Sequence[View],
-) -> dict:
+def consistency(images: Sequence[np.ndarray], cond: ConditionMaps) -> dict:
     """Colour agreement of every ordered view pair over co-visible surface points.
 
-    images: V x (R, R, 3) uint8; position: (V, R, R, 3) world positions; mask: (V, R, R) bool; depth: (V, R, R)
-    planar depth; normal: (V, R, R, 3) world normals (only their sign against each camera is used).
+    images: V x (R, R, 3) uint8 views; cond: the mesh's condition maps at R (positions, normals, mask, depth).
+    Channel-first maps make every per-point read a 1-D gather, the fast kind in numpy.
     """
-    v, r = len(views), int(mask.shape[1])
-    # RGB(A) packed into one uint32 per pixel: a gather then moves 4 bytes per tap instead of a 3-float row
-    # (7x faster for scattered taps)
+    views, r = cond.views, int(cond.mask.shape[1])
+    position = cond.position.reshape(len(views), 3, -1)  # encoded P + 0.5
+    normal = cond.normal.reshape(len(views), 3, -1)  # encoded n / 2 + 1/2
+    # RGB packed into one uint32 per pixel: a gather then moves 4 bytes per tap instead of a 3-float row
     packed = [_packed(im) for im in images]
-    interior = [_interior(m).reshape(-1) for m in mask]
-    depth_flat = [np.asarray(d, dtype=np.float32).reshape(-1) for d in depth]
+    interior = [_interior(m).reshape(-1) for m in cond.mask]
+    depth = cond.depth.reshape(len(views), -1)
+    # [column, row, depth] of every view for encoded positions: P = E - 0.5, so b absorbs -0.5 A
     projections = [_pixel_projection(view, r) for view in views]
+    a_all = np.concatenate([a.T for a, _ in projections]).astype(np.float32)  # (3V, 3)
+    b_all = np.concatenate([b - 0.5 * a.sum(axis=0) for a, b in projections]).astype(np.float32)[:, None]
     backs = np.stack([view.c2w[:3, 2] for view in views]).astype(np.float32)
-    tolerance = DEPTH_TOLERANCE_PIXELS * np.array([view.ortho_scale / r for view in views], dtype=np.float32)
+    # n . back > 0 <=> E . back > back . (1/2, 1/2, 1/2) for encoded normals E = n / 2 + 1/2
+    facing_threshold = 0.5 * backs.sum(axis=1)[:, None]
+    tolerance = [DEPTH_TOLERANCE_PIXELS * view.ortho_scale / r for view in views]
 
     pairs = []
-    for i in range(v):
+    for i in range(len(views)):
         src = np.flatnonzero(interior[i])
-        points = position[i].reshape(-1, 3)[src].astype(np.float32)
-        facing = backs @ normal[i].reshape(-1, 3)[src].astype(np.float32).T > 0.0  # (V, N)
-        for j in range(v):
+        # np.take along axis 1 is several times faster than [:, src] indexing
+        projected = a_all @ np.take(position[i], src, axis=1)  # (3V, N): every view at once, one BLAS call
+        projected += b_all
+        facing = backs @ np.take(normal[i], src, axis=1) > facing_threshold  # (V, N): camera j sees the surface
+        source_colour = None
+        for j in range(len(views)):
             if j == i:
                 continue
-            # only points facing camera j can be visible in it: about half, before any per-point work
+            # only points facing camera j can be visible in it: about half, before any other per-point work
             cand = np.flatnonzero(facing[j])
-            a, b = projections[j]
-            col, row, d = (a.T.astype(np.float32) @ points[cand].T + b.astype(np.float32)[:, None])
-            ci, ri = np.rint(col), np.rint(row)
-            inside = (ci >= 0) & (ci <= r - 1) & (ri >= 0) & (ri <= r - 1)
-            nearest = np.where(inside, ri * r + ci, 0).astype(np.int64)
-            visible = inside & interior[j][nearest] & (np.abs(depth_flat[j][nearest] - d) <= tolerance[j])
+            col, row, d = projected[3 * j][cand], projected[3 * j + 1][cand], projected[3 * j + 2][cand]
+            inside = (col >= -0.5) & (col < r - 0.5) & (row >= -0.5) & (row < r - 0.5)
+            # truncation is rounding here: inside points have col + 0.5 >= 0
+            nearest = np.where(inside, (row + 0.5).astype(np.int64) * r + (col + 0.5).astype(np.int64), 0)
+            visible = inside & interior[j][nearest]
+            visible &= np.abs(depth[j][nearest] - d) <= tolerance[j]
             keep = np.flatnonzero(visible)
             pixels = len(keep)
             if not pixels:
                 pairs.append({"src": i, "dst": j, "mae": None, "psnr": None, "pixels": 0, "_abs": 0.0, "_sq": 0.0})
                 continue
-            # bilinear colour at the projected point; an interior nearest pixel keeps all 4 taps on the object
+            if source_colour is None:
+                source_colour = packed[i][src]
+            # bilinear colour at the projected point; an interior nearest pixel keeps all 4 taps on the object.
+            # In place: these arrays are the largest of the loop.
             x, y = col[keep], row[keep]
             x0, y0 = np.floor(x), np.floor(y)
             fx, fy = (x - x0)[:, None], (y - y0)[:, None]
             base = (y0 * r + x0).astype(np.int64)
             t00, t01, t10, t11 = (_unpack(packed[j][base + offset]) for offset in (0, 1, r, r + 1))
-            top = t00 + (t01 - t00) * fx
-            bottom = t10 + (t11 - t10) * fx
-            diff = (top + (bottom - top) * fy - _unpack(packed[i][src[cand[keep]]]))[:, :3]
-            sum_abs, sum_sq = float(np.abs(diff).sum()), float(np.square(diff).sum())
+            t01 -= t00
+            t01 *= fx
+            t01 += t00  # top row
+            t11 -= t10
+            t11 *= fx
+            t11 += t10  # bottom row
+            t11 -= t01
+            t11 *= fy
+            t11 += t01
+            t11 -= _unpack(source_colour[cand[keep]])  # the 4th (padding) channel stays 0
+            flat = t11.reshape(-1)
+            sum_sq = float(np.dot(flat, flat))
+            sum_abs = float(np.abs(flat, out=flat).sum(dtype=np.float64))
             n = 3 * pixels
             pairs.append(
                 {
@@ -255,7 +270,6 @@ def score_views(
     `renderer`: a `Renderer(R, lighting="albedo", msaa=0)` at the views' resolution, reused across calls.
     `background`: the generation background in [0, 1] (default grey 0.5).
     """
-    from mvtune.generate.conditions import condition_maps, load_normalized
     from mvtune.meshes import MeshError
     from mvtune.render import RenderError
 
@@ -283,20 +297,12 @@ def score_views(
     except (MeshError, RenderError, OSError, ValueError) as exc:
         raise ScoreError(f"mesh {mesh_path}: {type(exc).__name__}: {exc}") from exc
 
+    iou = silhouette_iou(images, cond.mask, bg)
     result = {
-        "consistency": consistency(
-            images,
-            cond.position.transpose(0, 2, 3, 1) - 0.5,
-            cond.mask,
-            cond.depth,
-            cond.normal.transpose(0, 2, 3, 1) * 2.0 - 1.0,
-            cond.views,
-        ),
-        "silhouette": {},
+        "consistency": consistency(images, cond),
+        "silhouette": {"iou": iou, "mean": float(np.mean(iou)), "threshold": BACKGROUND_THRESHOLD},
         "clip_t": {},
     }
-    iou = silhouette_iou(images, cond.mask, bg)
-    result["silhouette"] = {"iou": iou, "mean": float(np.mean(iou)), "threshold": BACKGROUND_THRESHOLD}
     if prompt is not None:
         for scorer in scorers:
             per_view = clip_t(scorer, images, prompt)
