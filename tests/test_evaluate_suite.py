@@ -66,8 +66,11 @@ def test_unknown_keys_name_the_closest_valid_one(files):
 
 def test_unknown_model_key_is_named(files):
     files["models"][1]["adaptr"] = "adapter.safetensors"
-    with pytest.raises(SuiteError, match=r"models\.1\.adaptr' \(did you mean 'adapter'\?\)"):
+    files["scorers"][0]["pth"] = "clip"
+    with pytest.raises(SuiteError) as err:
         parse_suite(files)
+    assert "'models.1.adaptr' (did you mean 'models.1.adapter'?)" in str(err.value)
+    assert "'scorers.0.pth' (did you mean 'scorers.0.path'?)" in str(err.value)
 
 
 def test_suite_without_prompts_is_refused(files):

@@ -1,8 +1,8 @@
 """report.html: what a person reads to decide whether a fine-tune helped.
 
 Pictures first (per concept, the same mesh and seed under every model, side by side), then the plots
-(per-concept differences with their intervals, per-view-pair consistency, training curves), then the tables
-with means, paired differences, intervals and verdicts. Every number comes from summary.json (each table cell
+(per-concept differences with their intervals, per-view-pair consistency, training curves), then the tables:
+the headline verdicts, forgetting, and per group the means, paired differences, intervals and verdicts. Every number comes from summary.json (each table cell
 carries its summary path in `data-path`), every file it links is under the output folder with a relative
 link, so the folder works from file:// and after being copied elsewhere. No scripts, no external resources.
 """
@@ -298,8 +298,8 @@ def _means_table(summary: dict, group: str) -> str:
     return f"<table class=\"means\">{head}{''.join(body)}</table>"
 
 
-def _group_section(summary: dict, group: str, grids: list[dict]) -> str:
-    parts = [f'<h3 id="g-{_slug(group)}">{_esc(group)}</h3>']
+def _group_pictures(summary: dict, group: str, grids: list[dict]) -> str:
+    parts = [f'<h3>{_esc(group)}</h3>']
     for grid in [g for g in grids if g["group"] == group]:
         parts.append(
             f'<figure><img src="{_esc(grid["file"])}" alt="{_esc(group)} grid"><figcaption>mesh '
@@ -307,6 +307,11 @@ def _group_section(summary: dict, group: str, grids: list[dict]) -> str:
             f'{_esc(", ".join(m["name"] for m in summary["models"]))}; views front, right, back, left, top, '
             'bottom)</figcaption></figure>'
         )
+    return "\n".join(parts)
+
+
+def _group_tables(summary: dict, group: str) -> str:
+    parts = [f'<h3 id="g-{_slug(group)}">{_esc(group)}</h3>']
     parts.append("<h4>Means over (mesh, seed) units</h4>" + _means_table(summary, group))
     rows = [(i, c) for i, c in enumerate(summary["comparisons"]) if c["group"] == group]
     if rows:
@@ -381,6 +386,11 @@ def write_report(summary: dict, records: list[dict], out: Path, run_dir: Path | 
         f"differences are model minus reference, with {round(100 * summary['confidence'])}% bootstrap intervals over "
         "units. <b>better</b>/<b>worse</b>: the whole interval is on one side of zero; <b>no evidence</b>: it "
         "contains zero (more meshes or seeds narrow it). See docs/evaluation.md.</p>",
+        "<h2>Side by side: the same mesh and seed under every model</h2>",
+        *[_group_pictures(summary, g, grids) for g in summary["groups"] if any(x["group"] == g for x in grids)],
+        "<h2>Plots</h2>",
+        *[f'<figure><img src="{_esc(f)}" alt="{_esc(n)}"><figcaption>{_esc(captions[n])}</figcaption></figure>'
+          for n, f in plots.items()],
         "<h2>Headline</h2>",
         f'<table class="comparisons headline">{_COMPARISON_HEAD}{_comparison_rows(summary, head_rows)}</table>'
         if head_rows else '<p class="note">Only one model: nothing to compare.</p>',
@@ -388,11 +398,8 @@ def write_report(summary: dict, records: list[dict], out: Path, run_dir: Path | 
         '<p class="note">Forgetting score: how many CLIP-T points the model lost against the reference on prompts '
         "unrelated to the concepts (positive: it follows them less well).</p>",
         _forgetting_table(summary),
-        "<h2>Plots</h2>",
-        *[f'<figure><img src="{_esc(f)}" alt="{_esc(n)}"><figcaption>{_esc(captions[n])}</figcaption></figure>'
-          for n, f in plots.items()],
         "<h2>Per group</h2>",
-        *[_group_section(summary, g, grids) for g in summary["groups"]],
+        *[_group_tables(summary, g) for g in summary["groups"]],
         "<h2>Against the ground truth (KID on CLIP image features)</h2>",
         _kid_table(summary),
         '<p class="note">Raw data: <a href="cells.jsonl">cells.jsonl</a>, <a href="summary.json">summary.json</a>, '

@@ -327,6 +327,17 @@ def _validation_problems(exc: ValidationError) -> list[str]:
     return lines
 
 
+def _unknown_entry_keys(entry: dict, fields: list[str], prefix: str) -> list[str]:
+    """List entries (models, scorers) are not sections `_unknown_keys` walks into: same message for them."""
+    problems = []
+    for key in entry:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.5)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid keys: {', '.join(fields)})"
+            problems.append(f"unknown key '{prefix}{key}'{hint}")
+    return problems
+
+
 def parse_suite(raw: dict, overrides: list[str] = ()) -> Suite:
     """A Suite from a mapping plus `key=value` overrides; unknown keys name the closest valid one."""
     try:
@@ -334,14 +345,11 @@ def parse_suite(raw: dict, overrides: list[str] = ()) -> Suite:
     except Exception as exc:
         raise SuiteError(str(exc)) from None
     problems = _unknown_keys(raw, Suite)
-    for i, model in enumerate(raw.get("models") or []):
-        if isinstance(model, dict):
-            fields = list(ModelEntry.model_fields)
-            for key in model:
-                if key not in fields:
-                    close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.5)
-                    hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(fields)})"
-                    problems.append(f"unknown key 'models.{i}.{key}'{hint}")
+    for section, model in (("models", ModelEntry), ("scorers", ScorerSpec)):
+        entries = raw.get(section)
+        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+            if isinstance(entry, dict):
+                problems += _unknown_entry_keys(entry, list(model.model_fields), f"{section}.{i}.")
     if problems:
         raise SuiteError("; ".join(problems))
     try:
