@@ -81,6 +81,7 @@ def test_examples(text, term):
     "a marionette duck", "a sonicated emulsion", "a supermarket duck", "batmobile-free duck", "a samurai duck",
     "a duck in a bowler hat", "thanks duck", "a hermit crab shell", "swim goggles", "a marble duck",
     "matte black duck", "a chapel bell", "a browser window", "a bowling duck", "a water pistol with a trigger",
+    "a tiger-striped duck", "a bigger duck", "no matter the colour", "a duck on a digger", "linking chains",
 ])
 def test_word_boundaries_and_near_words(text):
     assert find_protected(text) is None

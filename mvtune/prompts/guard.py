@@ -85,7 +85,8 @@ PROTECTED_TERMS: tuple[str, ...] = (
 #: Everyday words one edit away from a listed name: they match only when spelled exactly like the name.
 COMMON_WORDS = frozenset({
     "bowler", "bowlers", "browser", "browsers", "bowers", "thanks", "hermit", "hermits", "trigger", "triggers",
-    "boatman", "witches", "channel", "channels", "chapel", "chapels", "goggle", "goggles", "tigers", "matte",
+    "boatman", "witches", "channel", "channels", "chapel", "chapels", "goggle", "goggles", "tiger", "tigers",
+    "bigger", "digger", "diggers", "tagger", "matte", "matter", "matters", "linking",
 })
 
 _LEET = {"0": "o", "3": "e", "4": "a", "@": "a", "5": "s", "$": "s", "7": "t", "8": "b", "9": "g", "6": "g", "2": "z"}
