@@ -151,11 +151,11 @@ def test_a_failing_shard_cancels_dependants_and_a_rerun_resubmits_only_it(cluste
     assert json.loads((exp_dir / "dataset" / "scene_list.json").read_text())[-1] == "zz_unreadable"
 
 
-def _train_config(tmp_path: Path, max_steps: int) -> Path:
+def _train_config(tmp_path: Path, max_steps: int, base: Path) -> Path:
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({
         "data": {"root": "set-by-the-pipeline", "height": 64, "width": 64, "num_workers": 0},
-        "model": {"base": "tiny", "frozen_dtype": "fp32"},
+        "model": {"base": str(base), "frozen_dtype": "fp32"},
         "optim": {"lr": 1e-3, "warmup_steps": 0},
         "validation": {"every_n_steps": 1000, "num_objects": 0, "sanity_steps": 0},
         "trainer": {"max_steps": max_steps, "max_epochs": None, "precision": "32-true", "accelerator": "cpu",
@@ -165,14 +165,40 @@ def _train_config(tmp_path: Path, max_steps: int) -> Path:
     return config
 
 
+def _suite(tmp_path: Path, base: Path) -> Path:
+    """The tiny base against the fine-tune on the test split: 2 models x 2 objects x 2 prompts x 1 seed."""
+    from mvtune.models.tiny import write_tiny_clip
+
+    clip = write_tiny_clip(tmp_path / "tiny-clip")
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({
+        "name": "pipeline test",
+        "models": [{"name": "base", "base_model": str(base)},
+                   {"name": "fine-tune", "base_model": str(base), "adapter": "set by the experiment's overrides"}],
+        "meshes": {"dataset": "set by the experiment's overrides", "split": "test"},
+        "prompts": {"concepts": {"subjects": ["duck"], "concepts": {"firefighter": {"attributes": {
+            "helmet": {"phrases": ["red helmet"], "positive": "a red helmet", "contrast": "a bare head"}}}}},
+            "per_concept": 1, "generic": 1},
+        "seeds": [0],
+        "sampling": {"steps": 2, "guidance": 3.0, "resolution": 64},
+        "scorers": [{"name": "tiny-clip", "kind": "transformers", "path": str(clip)}],
+        "device": "cpu",
+    }))
+    return suite
+
+
 @pytest.mark.slow
-def test_whole_experiment_with_ddp_training_preempted_and_requeued(cluster, tmp_path):
-    """3 render shards, merge, split, validate, 2-rank DDP training (gloo, srun) preempted once, report."""
+def test_whole_experiment_with_ddp_training_preempted_and_requeued(cluster, tmp_path, tiny_base):
+    """3 render shards, merge, split, validate, 2-rank DDP training (gloo, srun) preempted once, evaluation of
+    the fine-tune against its base, report."""
     max_steps = 24
-    config = _train_config(tmp_path, max_steps)
+    config = _train_config(tmp_path, max_steps, tiny_base)
     probe = tmp_path / "probe"
+    models = (f"models=[{{name: base, base_model: {tiny_base}}}, {{name: fine-tune, base_model: {tiny_base}, "
+              "adapter: '{run}/export/mvadapter_tg2mv.safetensors'}]")
     path = _experiment(
         tmp_path, render={"resolution": 64, "shards": 3}, train={"config": str(config)},
+        evaluate={"suite": str(_suite(tmp_path, tiny_base)), "overrides": [models, "meshes.dataset={dataset}"]},
         slurm={"defaults": {"time": "20:00", "cpus": 1}, "render": {"throttle": 2},
                "train": {"nodes": 1, "tasks_per_node": 2,
                          "setup": [f"export PYTHONPATH={PROBE}", f"export MVTUNE_RANK_PROBE={probe}"]}},
@@ -200,13 +226,25 @@ def test_whole_experiment_with_ddp_training_preempted_and_requeued(cluster, tmp_
     log = (exp_dir / "logs" / f"train-{train_job}.out").read_text()
     assert "restart 0" in log and "restart 1" in log  # --open-mode=append kept both starts
 
-    # Both ranks of the final start: same parameters, disjoint objects in every epoch.
+    # Both ranks of the final start: same parameters; in every epoch they split the train objects between them,
+    # sharing only the padding that evens out an odd count (as DistributedSampler pads); every epoch after the
+    # resumed one covers the whole split.
     ranks = [json.loads((probe / f"rank{r}-start1.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["params_sha256"] == ranks[1]["params_sha256"]
-    for epoch in ranks[0]["epochs"]:
-        seen = [set(r["epochs"].get(epoch, [])) for r in ranks]
-        assert seen[0] and seen[1] and not seen[0] & seen[1], (epoch, seen)
+    train = set(json.loads((exp_dir / "dataset" / "split_train.json").read_text()))
+    padding = 2 * -(-len(train) // 2) - len(train)
+    epochs = sorted(ranks[0]["epochs"], key=int)
+    assert len(epochs) >= 2, epochs
+    for epoch in epochs:
+        seen = [r["epochs"].get(epoch, []) for r in ranks]
+        assert seen[0] and seen[1] and len(set(seen[0]) & set(seen[1])) <= padding, (epoch, seen)
+        if epoch != epochs[0]:
+            assert set(seen[0]) | set(seen[1]) == train and len(seen[0]) == len(seen[1]), (epoch, seen)
+    evaluation = json.loads((exp_dir / "evaluate" / "summary.json").read_text())
+    assert evaluation["counts"]["cells"] == evaluation["counts"]["done"] > 0 and evaluation["errors"] == 0, evaluation
     report = json.loads((exp_dir / "report" / "report.json").read_text())
     assert report["training"]["global_step"] == max_steps
+    assert report["evaluation"]["reference"] == "base"
     assert (exp_dir / "report" / "loss.png").is_file()
+    assert "evaluation report" in (exp_dir / "report" / "index.html").read_text()

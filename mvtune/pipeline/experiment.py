@@ -93,7 +93,7 @@ class MeshesStage(_Section):
     count: int | None = Field(None, ge=1)  # samples: only the first N
     backend: str = "procedural"  # generate: procedural, hunyuan3d-2.1, hunyuan3d-2
     shards: int = Field(1, ge=1)  # generate: array tasks, each a deterministic share of the prompts
-    timeout: float | None = Field(None, gt=0)  # generate: per item
+    timeout: float | None = Field(None, ge=1)  # generate: seconds per item
     seed: int = 0
     path: Path | None = None  # import: folder of meshes
     source_name: str | None = None  # import: --source
