@@ -6,6 +6,7 @@ import pytest
 
 from mvtune.prompts import GENERIC_PROMPTS, load_concepts, sample_prompts
 from mvtune.prompts.guard import (
+    COMMON_WORDS,
     PROTECTED_TERMS,
     ProtectedPromptError,
     _key,
@@ -46,7 +47,8 @@ def disguises(term: str) -> list[str]:
         nxt = middle + 1
         if nxt < len(term) and term[nxt].isalpha() and term[nxt].lower() != term[middle].lower():
             out.append(term[:middle] + term[nxt] + term[middle] + term[nxt + 1:])  # neighbours swapped
-    return out
+    # the documented exception: an edit that yields an everyday word ("Tigger" -> "Tiger") is that word
+    return [text for text in out if text.lower() not in COMMON_WORDS]
 
 
 def test_list_is_large_and_holds_the_teams_names():
