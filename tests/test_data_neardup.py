@@ -129,3 +129,26 @@ def test_split_keeps_near_duplicates_together_and_validate_reports_leaks(jittere
     result = validate_dataset(jittered, "tg2mv", image_names=["0000", "0001"] * 3)
     codes = [finding.code for finding in result.errors]
     assert codes.count("near-duplicate-leakage") == 20
+
+
+def test_banded_search_finds_every_pair_within_the_threshold():
+    """The band index must not lose pairs: random hashes plus copies with up to 16 flipped bits (8 where only
+    one view is shared) are all found, and nothing farther is reported."""
+    from mvtune.data.neardup import MAX_HASH_BITS, Fingerprint
+
+    rng = np.random.default_rng(1)
+    prints, expected = {}, set()
+    for k in range(400):
+        bits = rng.integers(0, 2, 256, dtype=np.uint8)
+        hexes = np.packbits(bits).tobytes().hex()
+        one_view = k % 7 == 0
+        prints[f"o{k:03d}"] = Fingerprint(f"o{k:03d}", "", hexes[:32], None if one_view else hexes[32:], None)
+        if k % 4 == 0:
+            flips = int(rng.integers(0, MAX_HASH_BITS // 2 + 1)) if one_view else int(rng.integers(0, MAX_HASH_BITS + 1))
+            copy = bits.copy()
+            copy[rng.choice(128 if one_view else 256, flips, replace=False)] ^= 1
+            copy_hex = np.packbits(copy).tobytes().hex()
+            prints[f"c{k:03d}"] = Fingerprint(f"c{k:03d}", "", copy_hex[:32], None if one_view else copy_hex[32:], None)
+            expected.add((f"c{k:03d}", f"o{k:03d}"))
+    found = {(a, b) for a, b, _, _ in near_duplicate_pairs(prints)}
+    assert found == expected

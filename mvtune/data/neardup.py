@@ -234,6 +234,25 @@ def _bits(fingerprints: list[Fingerprint]) -> tuple[np.ndarray, np.ndarray]:
 _POPCOUNT = np.array([bin(k).count("1") for k in range(256)], dtype=np.uint16)
 
 
+def _candidates(data: np.ndarray, have: np.ndarray, max_hash_bits: int) -> np.ndarray:
+    """(m, 2) index pairs i < j that share at least one hash band: a superset of the pairs within
+    ``max_hash_bits`` (pigeonhole: each view's 128 bits are cut into max_hash_bits // 2 + 1 bands, more bands
+    than a near pair can differ in), so the exact check runs on few pairs instead of all n^2 / 2."""
+    bits = np.unpackbits(data, axis=1)
+    bands = max_hash_bits // 2 + 1
+    pairs: set[tuple[int, int]] = set()
+    for view in (0, 1):
+        edges = np.linspace(view * 128, (view + 1) * 128, bands + 1).astype(int)
+        rows = np.nonzero(have[:, view])[0]
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            buckets: dict[bytes, list[int]] = {}
+            for row, key in zip(rows, np.packbits(bits[rows, lo:hi], axis=1)):
+                buckets.setdefault(key.tobytes(), []).append(int(row))
+            for members in buckets.values():
+                pairs.update((members[x], members[y]) for x in range(len(members)) for y in range(x + 1, len(members)))
+    return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+
+
 def near_duplicate_pairs(
     fingerprints: dict[str, Fingerprint],
     max_hash_bits: int = MAX_HASH_BITS,
@@ -243,22 +262,25 @@ def near_duplicate_pairs(
     ids = sorted(fingerprints)
     prints = [fingerprints[i] for i in ids]
     data, have = _bits(prints)
+    candidates = _candidates(data, have, max_hash_bits)
+    if not len(candidates):
+        return []
+    i, j = candidates[:, 0], candidates[:, 1]
+    xor = np.bitwise_xor(data[i], data[j])
+    shared = have[i] & have[j]  # compare only the views both objects have
+    per_view = np.stack([_POPCOUNT[xor[:, :16]].sum(1), _POPCOUNT[xor[:, 16:]].sum(1)], axis=1)
+    views = shared.sum(1)
+    # a threshold per 256 bits, scaled to the views compared
+    distance = np.where(views > 0, (per_view * shared).sum(1) * 2 // np.maximum(views, 1), 10**6)
     pairs = []
-    for i in range(len(ids) - 1):
-        xor = np.bitwise_xor(data[i + 1:], data[i])
-        shared = have[i + 1:] & have[i]  # compare only the views both objects have
-        per_view = np.stack([_POPCOUNT[xor[:, :16]].sum(1), _POPCOUNT[xor[:, 16:]].sum(1)], axis=1)
-        views = shared.sum(1)
-        # a threshold per 256 bits, scaled to the views compared
-        distance = np.where(views > 0, (per_view * shared).sum(1) * 2 // np.maximum(views, 1), 10**6)
-        for k in np.nonzero(distance <= max_hash_bits)[0]:
-            j = i + 1 + int(k)
-            geometry = None
-            if prints[i].geometry and prints[j].geometry:
-                geometry = geometry_distance(prints[i].geometry, prints[j].geometry)
-                if geometry > max_geometry_distance:
-                    continue
-            pairs.append((ids[i], ids[j], int(distance[k]), geometry))
+    for k in np.nonzero(distance <= max_hash_bits)[0]:
+        a, b = prints[int(i[k])], prints[int(j[k])]
+        geometry = None
+        if a.geometry and b.geometry:
+            geometry = geometry_distance(a.geometry, b.geometry)
+            if geometry > max_geometry_distance:
+                continue
+        pairs.append((a.id, b.id, int(distance[k]), geometry))
     return pairs
 
 
