@@ -34,10 +34,10 @@ def generated(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gen")
     rows = [_row(f"{kit.replace(' ', '_')}-{k}", kit) for kit in KITS for k in range(2)]
     rows += [
-        _row("helmet-hint", "firefighter", attributes={"helmet": "a yellow fire helmet"}),
+        _row("helmet-hint", "firefighter", attributes={"helmet": "a yellow fire helmet", "tools": "holding a fire hose"}),
         _row("guarded", prompt="Mario as a firefighter duck"),
         _row("overridden", prompt="Mario as a firefighter duck", override="Mario"),
-        _row("chef-0", "chef"),
+        _row("pirate-0", "pirate"),
     ]
     summary = _run(tmp, rows, devices=["cpu", "cpu"])
     return tmp, rows, summary
@@ -46,7 +46,8 @@ def generated(tmp_path_factory):
 def test_items_written_with_caption_and_provenance(generated):
     tmp, rows, summary = generated
     out = tmp / "out"
-    assert summary["generated"] == 10 and summary["failed"] == 2 and summary["total"] == 12
+    assert summary["total"] == len(rows) == 2 * len(KITS) + 4
+    assert summary["generated"] == len(rows) - 2 and summary["failed"] == 2
     row = rows[0]
     item = out / row["id"]
     record = json.loads((item / "mesh.json").read_text())
@@ -67,13 +68,15 @@ def test_items_written_with_caption_and_provenance(generated):
 def test_hint_override_and_guard(generated):
     tmp, _, _ = generated
     out = tmp / "out"
-    assert "yellow firefighter helmet" in (out / "helmet-hint" / "mesh.txt").read_text()
+    hinted = (out / "helmet-hint" / "mesh.txt").read_text()
+    assert "yellow firefighter helmet" in hinted and "holding a hose nozzle" in hinted
     assert json.loads((out / "overridden" / "mesh.json").read_text())["override"] == "Mario"
     errors = {e["id"]: e for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
-    assert set(errors) == {"guarded", "chef-0"}
+    assert set(errors) == {"guarded", "pirate-0"}
     assert errors["guarded"]["stage"] == "guard" and "'Mario'" in errors["guarded"]["reason"]
-    assert errors["chef-0"]["stage"] == "generate" and "no procedural kit for concept 'chef'" in errors["chef-0"]["reason"]
-    assert not (out / "guarded").exists() and not (out / "chef-0").exists()
+    assert errors["pirate-0"]["stage"] == "generate"
+    assert "no procedural kit for concept 'pirate'" in errors["pirate-0"]["reason"]
+    assert not (out / "guarded").exists() and not (out / "pirate-0").exists()
 
 
 def test_rerun_skips_done_and_redoes_damaged(generated):
@@ -84,7 +87,7 @@ def test_rerun_skips_done_and_redoes_damaged(generated):
     victim.write_bytes(original[:100])  # a torn file: its size no longer matches the provenance
     assert not is_done(victim.parent)
     summary = _run(tmp, rows)
-    assert summary["skipped"] == 9 and summary["generated"] == 1 and summary["failed"] == 2
+    assert summary["skipped"] == len(rows) - 3 and summary["generated"] == 1 and summary["failed"] == 2
     assert victim.read_bytes() == original  # same seed, same bytes
 
 
@@ -163,19 +166,22 @@ def test_themed_ducks_distinct_deterministic_and_captioned_exactly():
             hashes.add(hashlib.sha256(scene.export(file_type="glb")).hexdigest())
             found, caption = duck.attributes(), duck.caption()
             assert ("kit" in scene.geometry) == any(k in found for k in ("helmet", "vest", "back", "tool"))
-            assert ("helmet" in found) == (duck.headwear is not None) == (KITS[kit].headwear is not None)
+            assert ("helmet" in found) == (duck.headwear is not None) == bool(KITS[kit].headwear)
             for phrase in found.values():
                 assert phrase in caption
-            assert ("reflective stripes" in caption) == (duck.vest_colour is not None)
+            assert ("reflective stripes" in caption) == (duck.garment == "vest")
+            assert ("apron" in caption) == (duck.garment == "apron")
             assert ("holding" in caption) == (duck.tool is not None)
+            for colour in (duck.headwear_colour, duck.garment_colour, duck.back_colour):
+                assert colour != duck.body_colour  # every stated part stands out from the body
     assert len(hashes) == 25 * len(KITS)
 
 
 def test_cli_generate_and_import(tmp_path, cli):
-    write_prompt_rows(tmp_path / "p.jsonl", [_row("astronaut-0", "astronaut"), _row("chef-0", "chef")])
+    write_prompt_rows(tmp_path / "p.jsonl", [_row("astronaut-0", "astronaut"), _row("pirate-0", "pirate")])
     result = cli("meshes", "generate", "--backend", "procedural", "--prompts", tmp_path / "p.jsonl",
                  "--out", tmp_path / "m", expect=1)
-    assert "2 items: 1 generated" in result.stderr and "no procedural kit for concept 'chef'" in result.stderr
+    assert "2 items: 1 generated" in result.stderr and "no procedural kit for concept 'pirate'" in result.stderr
     result = cli("meshes", "generate", "--backend", "procedual", "--prompts", tmp_path / "p.jsonl",
                  "--out", tmp_path / "m", expect=2)
     assert "did you mean 'procedural'" in result.stderr and "Traceback" not in result.stderr

@@ -1,10 +1,14 @@
-"""Built-in sample meshes: stylised ducks generated from primitives, so tests and demos need no downloads.
+"""Built-in meshes from primitives, so tests and demos need no downloads: the fixed sample ducks and themed ducks.
 
 Each duck is one UV-textured part (body, head, beak, eyes, wings, tail packed into a generated texture atlas),
 or the same geometry with vertex colours instead, plus optional hat parts with plain material colours. They are
 written as GLB in glTF's frame (Y up, front +Z: the beak points to +Z), so `normalize_mesh` puts the beak at
 world -Y like any glTF asset. Output is byte-identical for a given `GENERATOR_VERSION` (checked by the tests:
 trimesh's GLB export and Pillow's PNG encoder are deterministic once node names are given explicitly).
+
+Themed ducks (`design_duck`, `themed_scene`; the `procedural` mesh generator) combine body variants with
+profession kits (helmets and hats, vests with reflective stripes, aprons, backpacks and oxygen tanks, tools),
+palettes and decals, all UV-textured, and caption exactly what is visible.
 """
 
 from __future__ import annotations
@@ -300,7 +304,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (240, 240, 236), "orange": (245, 130, 30), "pink": (240, 140, 180), "purple": (130, 70, 190),
     "teal": (40, 170, 165), "brown": (140, 90, 50), "black": (35, 35, 38), "tan": (200, 165, 110),
     "navy": (30, 45, 95), "lime": (170, 230, 40), "silver": (200, 205, 210), "gold": (230, 180, 50),
-    "grey": (120, 122, 128),
+    "grey": (120, 122, 128), "straw": (225, 195, 120), "olive": (110, 125, 50), "terracotta": (190, 95, 60),
 }
 BODY_COLOURS = ("yellow", "blue", "red", "green", "white", "orange", "pink", "purple", "teal", "brown")
 #: Body shape -> (body radii, head radius, caption word). Each item also jitters these by a few percent.
@@ -311,42 +315,58 @@ BODY_SHAPES: dict[str, tuple[tuple[float, float, float], float, str]] = {
     "big-headed": ((0.34, 0.26, 0.42), 0.27, "big-headed "),
 }
 DECALS = ("star", "shield", "circle", "cross")
+#: Word of a prompt's attribute phrase that asks for a part ("holding a fire hose" -> the hose nozzle).
+_PART_WORDS = {
+    "fire axe": "axe", "hose nozzle": "hose", "hammer": "hammer", "wrench": "wrench", "flag": "flag",
+    "wooden spoon": "spoon", "frying pan": "pan", "whisk": "whisk", "watering can": "watering",
+    "shovel": "shovel", "flower pot": "pot", "backpack": "backpack", "oxygen tank": "tank", "oxygen tanks": "twin",
+    "straw hat": "straw", "bucket hat": "bucket",
+}
 
 
 @dataclass(frozen=True)
 class KitOptions:
     """What one profession may wear and hold; every choice is drawn per item from these pools."""
 
-    headwear: str | None  # "firefighter helmet", "hard hat", "glass dome helmet"
-    headwear_colours: tuple[str, ...] = ()
-    vest_colours: tuple[str, ...] = ()
+    headwear: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (kind, colours)
+    garment: str | None = None  # "vest" (with reflective stripes) or "apron"
+    garment_colours: tuple[str, ...] = ()
     stripe_colours: tuple[str, ...] = ()
+    garment_chance: float = 1.0
     backs: tuple[str | None, ...] = (None,)  # "backpack", "oxygen tank", "oxygen tanks"
     back_colours: tuple[str, ...] = ("grey",)
     tools: tuple[str | None, ...] = (None,)
-    vest_chance: float = 1.0
-    decal_chance: float = 0.6
+    decal_chance: float = 0.0
 
 
 KITS: dict[str, KitOptions] = {
     "firefighter": KitOptions(
-        "firefighter helmet", ("red", "yellow", "black", "white"), ("tan", "black", "navy"), ("yellow", "silver"),
-        backs=("oxygen tank", None), back_colours=("silver", "yellow"), tools=("fire axe", "hose nozzle", None),
+        (("firefighter helmet", ("red", "yellow", "black", "white")),), "vest", ("tan", "black", "navy"),
+        ("yellow", "silver"), backs=("oxygen tank", None), back_colours=("silver", "yellow"),
+        tools=("fire axe", "hose nozzle", None), decal_chance=0.6,
     ),
     "construction worker": KitOptions(
-        "hard hat", ("yellow", "orange", "white", "blue"), ("orange", "lime", "yellow"), ("silver",),
+        (("hard hat", ("yellow", "orange", "white", "blue")),), "vest", ("orange", "lime", "yellow"), ("silver",),
         backs=("backpack", None), back_colours=("grey", "navy", "brown"), tools=("hammer", "wrench", None),
+        decal_chance=0.6,
     ),
     "astronaut": KitOptions(
-        "glass dome helmet", ("white", "silver", "gold"), ("white", "silver"), ("blue", "red"),
-        backs=("oxygen tanks", "backpack"), back_colours=("white", "silver"), tools=("flag", None),
-        vest_chance=0.5,
+        (("glass dome helmet", ("white", "silver", "gold")),), "vest", ("white", "silver"), ("blue", "red"),
+        garment_chance=0.5, backs=("oxygen tanks", "backpack"), back_colours=("white", "silver"),
+        tools=("flag", None), decal_chance=0.6,
     ),
-    "rubber duck": KitOptions(None, backs=(None, "backpack"), back_colours=("red", "blue", "green"), vest_chance=0.0),
+    "chef": KitOptions(
+        (("chef hat", ("white",)),), "apron", ("white", "navy", "red"), garment_chance=0.8,
+        tools=("wooden spoon", "frying pan", "whisk", None),
+    ),
+    "gardener": KitOptions(
+        (("straw hat", ("straw",)), ("bucket hat", ("green", "olive", "tan"))), "apron", ("green", "brown", "blue"),
+        garment_chance=0.7, tools=("watering can", "shovel", "flower pot", None),
+    ),
+    "rubber duck": KitOptions(backs=(None, "backpack"), back_colours=("red", "blue", "green")),
 }
 _KIT_ALIASES = {"construction": "construction worker", "builder": "construction worker", "fireman": "firefighter",
-                "firefighter duck": "firefighter", "astronaut duck": "astronaut", "duck": "rubber duck",
-                "plain": "rubber duck", "": "rubber duck"}
+                "cook": "chef", "duck": "rubber duck", "plain": "rubber duck", "": "rubber duck"}
 
 _KIT_ATLAS = 256
 _KIT_REGIONS = {
@@ -354,6 +374,13 @@ _KIT_REGIONS = {
     "vest": (64, 128, 0, 256),
     "back": (128, 192, 0, 128), "back_trim": (128, 192, 128, 256),
     "tool_a": (192, 256, 0, 128), "tool_b": (192, 256, 128, 256),
+}
+#: Tool -> (handle colour, head colour) in the kit atlas.
+_TOOL_COLOURS = {
+    "fire axe": ("brown", "red"), "hose nozzle": ("black", "gold"), "hammer": ("brown", "grey"),
+    "wrench": ("silver", "silver"), "flag": ("silver", "white"), "wooden spoon": ("tan", "tan"),
+    "frying pan": ("black", "black"), "whisk": ("silver", "silver"), "watering can": ("green", "green"),
+    "shovel": ("brown", "silver"), "flower pot": ("terracotta", "green"),
 }
 
 
@@ -369,7 +396,8 @@ class ThemedDuck:
     headwear_colour: str | None = None
     decal: str | None = None
     decal_colour: str | None = None
-    vest_colour: str | None = None
+    garment: str | None = None
+    garment_colour: str | None = None
     stripe_colour: str | None = None
     back: str | None = None
     back_colour: str | None = None
@@ -384,12 +412,16 @@ class ThemedDuck:
                 helmet += f" and a {self.decal_colour} {self.decal} decal"
             found["helmet"] = helmet
         elif self.headwear:
-            helmet = f"{self.headwear_colour} {self.headwear}"
+            colour = "" if self.headwear_colour in ("straw", "white") and self.headwear != "hard hat" else \
+                f"{self.headwear_colour} "
+            helmet = f"{'tall white ' if self.headwear == 'chef hat' else colour}{self.headwear}"
             if self.decal:
                 helmet += f" with a {self.decal_colour} {self.decal} decal"
             found["helmet"] = helmet
-        if self.vest_colour:
-            found["vest"] = f"{self.vest_colour} vest with {self.stripe_colour} reflective stripes"
+        if self.garment == "vest":
+            found["vest"] = f"{self.garment_colour} vest with {self.stripe_colour} reflective stripes"
+        elif self.garment == "apron":
+            found["apron"] = f"{self.garment_colour} apron"
         if self.back:
             found["back"] = f"{self.back_colour} {self.back}" if self.back != "oxygen tanks" else \
                 f"two {self.back_colour} oxygen tanks"
@@ -401,7 +433,7 @@ class ThemedDuck:
         """States exactly the visible parts and colours, nothing the mesh does not show."""
         found = self.attributes()
         text = _a(found["body"])
-        worn = [_a(found[k]) for k in ("helmet", "vest") if k in found]
+        worn = [_a(found[k]) for k in ("helmet", "vest", "apron") if k in found]
         if worn:
             text += " wearing " + " and ".join(worn)
         if "back" in found:
@@ -417,56 +449,67 @@ def _a(phrase: str) -> str:
 
 
 def kit_for(concept: str | None) -> str:
-    """The kit of a prompt row's concept ("firefighter", "construction_worker", ...); KeyError when none fits."""
+    """The kit of a prompt row's concept ("firefighter", "construction-worker", ...); KeyError when none fits."""
     key = " ".join(str(concept or "").lower().replace("_", " ").replace("-", " ").split())
     key = _KIT_ALIASES.get(key, key)
+    if key not in KITS and key.endswith(" duck"):  # "firefighter duck"
+        key = _KIT_ALIASES.get(key[:-5], key[:-5])
     if key not in KITS:
         raise KeyError(f"no procedural kit for concept {concept!r}; kits: {', '.join(KITS)}")
     return key
 
 
 def design_duck(concept: str | None, seed: int, hints: dict[str, str] | None = None) -> ThemedDuck:
-    """Draw a themed duck for `concept` from `seed`. `hints` (a prompt row's attribute phrases) steer colours:
-    a colour named in a helmet/hat phrase becomes the helmet's colour when the kit offers it, and so on."""
+    """Draw a themed duck for `concept` from `seed`. `hints` (a prompt row's attribute phrases) steer the draw:
+    a colour named in a helmet/hat phrase becomes the helmet's colour when the kit offers it, a tool, hat or
+    back item a phrase asks for ("holding a fire hose") is the one chosen, and so on."""
     kit_name = kit_for(concept)
     kit = KITS[kit_name]
     rng = np.random.default_rng(seed)
-    words = " ".join((hints or {}).values()).lower()
+    phrases = [str(v).lower() for v in (hints or {}).values()]
+    words = set(" ".join(phrases).replace(",", " ").split())
 
-    def pick(options, *keywords):
-        options = tuple(options)
-        for phrase in (hints or {}).values():
-            phrase = phrase.lower()
+    def pick(options, *keywords, avoid=None):
+        # A part in the body's own colour would not be visible, and the caption must only state what is.
+        options = tuple(o for o in options if o != avoid) or tuple(options)
+        for phrase in phrases:
             if any(k in phrase for k in keywords):
                 for option in options:
                     if option and option in phrase.split():
                         return option
         return options[int(rng.integers(len(options)))]
 
+    def asked(options):
+        """A random option, unless the hints name one."""
+        chosen = options[int(rng.integers(len(options)))]
+        for option in options:
+            if option and _PART_WORDS.get(option, option) in words:
+                chosen = option
+        return chosen
+
     shape = tuple(BODY_SHAPES)[int(rng.integers(len(BODY_SHAPES)))]
     jitter = tuple(float(x) for x in np.round(rng.uniform(0.94, 1.06, 4), 4))
-    body = pick(BODY_COLOURS, "duck", "body", "feather")
+    fixed = {colours[0] for _, colours in kit.headwear if len(colours) == 1}  # e.g. the chef's white hat
+    body = pick([c for c in BODY_COLOURS if c not in fixed], "duck", "body", "feather")
     fields: dict = {}
     if kit.headwear:
-        colour = pick(kit.headwear_colours, "helmet", "hat", "dome")
-        fields.update(headwear=kit.headwear, headwear_colour=colour)
+        kinds = dict(kit.headwear)
+        kind = asked(tuple(kinds))
+        colour = pick(kinds[kind], "helmet", "hat", "dome", avoid=body)
+        fields.update(headwear=kind, headwear_colour=colour)
         if rng.random() < kit.decal_chance:
             clash = {colour, "gold"} if colour in ("yellow", "gold") else {colour}  # the decal must stand out
             decal_colour = next(c for c in rng.permutation(["white", "gold", "black"]) if c not in clash)
             fields.update(decal=DECALS[int(rng.integers(len(DECALS)))], decal_colour=str(decal_colour))
-    if kit.vest_colours and rng.random() < kit.vest_chance:
-        fields.update(vest_colour=pick(kit.vest_colours, "vest", "jacket", "suit", "coat"),
-                      stripe_colour=pick(kit.stripe_colours, "stripe", "reflective"))
-    back = kit.backs[int(rng.integers(len(kit.backs)))]
-    for option in kit.backs:  # a prompt that asks for a tank or a backpack gets one when the kit has it
-        if option and option.split()[-1].rstrip("s") in words:
-            back = option
+    if kit.garment and rng.random() < kit.garment_chance:
+        fields.update(garment=kit.garment,
+                      garment_colour=pick(kit.garment_colours, "vest", "jacket", "suit", "coat", "apron", avoid=body))
+        if kit.garment == "vest":
+            fields["stripe_colour"] = pick(kit.stripe_colours, "stripe", "reflective")
+    back = asked(kit.backs)
     if back:
-        fields.update(back=back, back_colour=pick(kit.back_colours, "tank", "backpack", "pack"))
-    tool = kit.tools[int(rng.integers(len(kit.tools)))]
-    for option in kit.tools:
-        if option and option.split()[-1] in words:
-            tool = option
+        fields.update(back=back, back_colour=pick(kit.back_colours, "tank", "backpack", "pack", avoid=body))
+    tool = asked(kit.tools)
     if tool:
         fields["tool"] = tool
     return ThemedDuck(kit=kit_name, shape=shape, jitter=jitter, body_colour=body, **fields)
@@ -530,28 +573,50 @@ def _kit_pieces(duck: ThemedDuck, a: dict) -> list:
     def part(center, radii, region, n_lat=12, n_lon=24, **kw):
         return _ellipsoid(center, radii, n_lat, n_lon, region, regions=_KIT_REGIONS, atlas=_KIT_ATLAS, **kw)
 
+    def brim(height, radii, dz=0.0, n=32):
+        return part((head[0], height, head[2] + dz), radii, "hat_trim", 6, n)
+
     pieces = []
+    top = head + np.array([0.0, 1.0 * hr, 0.0])
     if duck.headwear == "firefighter helmet":
-        rim = head[1] + 1.1 * hr * math.cos(1.0)
         pieces += [
             part(head, (1.1 * hr, 1.1 * hr, 1.14 * hr), "hat", 14, 32, lat_range=(0.0, 1.0)),
-            part((head[0], rim, head[2] - 0.2 * hr), (1.25 * hr, 0.07 * hr, 1.5 * hr), "hat_trim", 6, 32),
-            part(head + np.array([0.0, 1.06 * hr, 0.0]), (0.12 * hr, 0.14 * hr, 1.0 * hr), "hat_trim", 6, 16),
+            brim(head[1] + 1.1 * hr * math.cos(1.0), (1.25 * hr, 0.07 * hr, 1.5 * hr), -0.2 * hr),
+            part(top + np.array([0.0, 0.06 * hr, 0.0]), (0.12 * hr, 0.14 * hr, 1.0 * hr), "hat_trim", 6, 16),
         ]
     elif duck.headwear == "hard hat":
-        rim = head[1] + 1.12 * hr * math.cos(1.1)
         pieces += [
             part(head, (1.08 * hr, 1.12 * hr, 1.1 * hr), "hat", 14, 32, lat_range=(0.0, 1.1)),
-            part((head[0], rim, head[2] + 0.55 * hr), (1.0 * hr, 0.06 * hr, 0.75 * hr), "hat_trim", 6, 24),
-            part(head + np.array([0.0, 1.08 * hr, 0.0]), (0.16 * hr, 0.16 * hr, 1.02 * hr), "hat_trim", 6, 16),
+            brim(head[1] + 1.12 * hr * math.cos(1.1), (1.0 * hr, 0.06 * hr, 0.75 * hr), 0.55 * hr, 24),
+            part(top + np.array([0.0, 0.08 * hr, 0.0]), (0.16 * hr, 0.16 * hr, 1.02 * hr), "hat_trim", 6, 16),
         ]
     elif duck.headwear == "glass dome helmet":
         pieces += [
             part(head + np.array([0.0, 0.05 * hr, 0.03 * hr]), (1.4 * hr,) * 3, "dome", 16, 32, lat_range=(0.0, 2.5)),
-            part((head[0], head[1] - 1.05 * hr, head[2]), (1.2 * hr, 0.2 * hr, 1.2 * hr), "hat_trim", 6, 32),
+            brim(head[1] - 1.05 * hr, (1.2 * hr, 0.2 * hr, 1.2 * hr)),
         ]
-    if duck.vest_colour:
+    elif duck.headwear == "chef hat":  # a tall band with a puffed top
+        pieces += [
+            part(top + np.array([0.0, 0.25 * hr, 0.0]), (0.8 * hr, 0.55 * hr, 0.8 * hr), "hat", 12, 32),
+            part(top + np.array([0.0, 0.85 * hr, 0.0]), (1.05 * hr, 0.5 * hr, 1.05 * hr), "hat", 12, 32),
+            brim(top[1] - 0.05 * hr, (0.85 * hr, 0.12 * hr, 0.85 * hr)),
+        ]
+    elif duck.headwear == "straw hat":
+        pieces += [
+            part(head, (0.95 * hr, 1.15 * hr, 0.95 * hr), "hat", 12, 32, lat_range=(0.0, 0.9)),
+            brim(head[1] + 1.15 * hr * math.cos(0.9), (2.0 * hr, 0.05 * hr, 2.0 * hr)),
+        ]
+    elif duck.headwear == "bucket hat":
+        pieces += [
+            part(head, (1.02 * hr, 1.12 * hr, 1.02 * hr), "hat", 12, 32, lat_range=(0.0, 1.05)),
+            part((head[0], head[1] + 0.4 * hr, head[2]), (1.4 * hr, 0.22 * hr, 1.4 * hr), "hat_trim", 8, 32,
+                 lat_range=(1.2, 2.2)),
+        ]
+    if duck.garment == "vest":
         pieces.append(part(body, (bx * 1.035, by * 1.04, bz * 1.03), "vest", 10, 40, lat_range=(0.75, 2.05)))
+    elif duck.garment == "apron":  # the front of the body only, from the chest down
+        pieces.append(part(body, (bx * 1.04, by * 1.05, bz * 1.04), "vest", 12, 24, lat_range=(0.6, 2.4),
+                           lon_range=(-1.0, 1.0)))
     # On the upper back, between the head and the tail.
     back_center = body + np.array([0.0, 0.8 * by, -0.55 * bz])
     if duck.back == "backpack":
@@ -574,17 +639,29 @@ def _kit_pieces(duck: ThemedDuck, a: dict) -> list:
 
 
 def _tool_pieces(tool: str, grip: np.ndarray, part) -> list:
-    """A tool held upright beside the right wing: a handle (tool_a) and a head (tool_b)."""
+    """A tool held beside the right wing: a handle (tool_a) and a head (tool_b), or a held object."""
+    if tool == "watering can":
+        can = grip + np.array([0.02, 0.1, 0.0])
+        return [part(can, (0.08, 0.1, 0.11), "tool_a", 10, 16),
+                part(can + np.array([0.0, 0.06, 0.16]), (0.022, 0.022, 0.12), "tool_b", 6, 10, tilt_deg=35.0)]
+    if tool == "flower pot":
+        pot = grip + np.array([0.02, 0.05, 0.0])
+        return [part(pot, (0.08, 0.07, 0.08), "tool_a", 10, 16),
+                part(pot + np.array([0.0, 0.1, 0.0]), (0.075, 0.06, 0.075), "tool_b", 8, 16)]
     handle = part(grip + np.array([0.0, 0.12, 0.0]), (0.025, 0.3, 0.025), "tool_a", 6, 12, tilt_deg=10.0)
     top = grip + np.array([0.0, 0.4, 0.05])
     heads = {
-        "fire axe": part(top + np.array([0.0, 0.0, 0.07]), (0.02, 0.08, 0.11), "tool_b", 8, 12),
-        "hammer": part(top, (0.05, 0.05, 0.12), "tool_b", 8, 12),
-        "wrench": part(top, (0.03, 0.07, 0.07), "tool_b", 8, 12),
-        "flag": part(top + np.array([0.0, 0.0, 0.16]), (0.012, 0.1, 0.15), "tool_b", 6, 12),
-        "hose nozzle": part(top + np.array([0.0, -0.05, 0.08]), (0.045, 0.045, 0.16), "tool_b", 8, 12),
+        "fire axe": lambda: part(top + np.array([0.0, 0.0, 0.07]), (0.02, 0.08, 0.11), "tool_b", 8, 12),
+        "hammer": lambda: part(top, (0.05, 0.05, 0.12), "tool_b", 8, 12),
+        "wrench": lambda: part(top, (0.03, 0.07, 0.07), "tool_b", 8, 12),
+        "flag": lambda: part(top + np.array([0.0, 0.0, 0.16]), (0.012, 0.1, 0.15), "tool_b", 6, 12),
+        "hose nozzle": lambda: part(top + np.array([0.0, -0.05, 0.08]), (0.045, 0.045, 0.16), "tool_b", 8, 12),
+        "wooden spoon": lambda: part(top + np.array([0.0, 0.02, 0.0]), (0.05, 0.07, 0.025), "tool_b", 8, 12),
+        "frying pan": lambda: part(top + np.array([0.0, 0.06, 0.0]), (0.015, 0.13, 0.13), "tool_b", 8, 16),
+        "whisk": lambda: part(top + np.array([0.0, 0.04, 0.0]), (0.045, 0.09, 0.045), "tool_b", 10, 12),
+        "shovel": lambda: part(top + np.array([0.0, -0.62, 0.0]), (0.07, 0.1, 0.018), "tool_b", 8, 12),
     }
-    return [handle, heads[tool]]
+    return [handle, heads[tool]()]
 
 
 def _paint_kit(duck: ThemedDuck) -> np.ndarray:
@@ -614,6 +691,11 @@ def _paint_kit(duck: ThemedDuck) -> np.ndarray:
         else:
             fill("hat", base)
             fill("hat_trim", base, 0.95, 0.75)
+            if duck.headwear == "straw hat":  # a woven look: alternating light and dark checks
+                for region in ("hat", "hat_trim"):
+                    where, u, v = coords(region)
+                    weave = (np.floor(u * 48) + np.floor(v * 12)) % 2 == 0
+                    atlas[where][..., :3] *= np.where(weave, 1.0, 0.85)[..., None]
         if duck.decal:
             region = "dome" if duck.headwear == "glass dome helmet" else "hat"
             where, u, v = coords(region)
@@ -622,13 +704,17 @@ def _paint_kit(duck: ThemedDuck) -> np.ndarray:
             mask = _decal_mask(duck.decal, x / 0.28, y / 0.28)
             atlas[where][..., :3] = np.where(mask[..., None], np.asarray(COLOURS[duck.decal_colour], float),
                                              atlas[where][..., :3])
-    if duck.vest_colour:
-        fill("vest", COLOURS[duck.vest_colour], 1.05, 0.85)
+    if duck.garment:
+        fill("vest", COLOURS[duck.garment_colour], 1.05, 0.85)
         where, u, v = coords("vest")
-        stripes = (np.abs(v - 0.3) < 0.07) | (np.abs(v - 0.68) < 0.07)
-        sheen = 1.0 + 0.15 * np.cos(u * 40 * math.pi)
-        stripe = np.asarray(COLOURS[duck.stripe_colour], float)[None, None, :] * sheen[..., None]
-        atlas[where][..., :3] = np.where(stripes[..., None], stripe, atlas[where][..., :3])
+        if duck.garment == "vest":
+            stripes = (np.abs(v - 0.3) < 0.07) | (np.abs(v - 0.68) < 0.07)
+            sheen = 1.0 + 0.15 * np.cos(u * 40 * math.pi)
+            stripe = np.asarray(COLOURS[duck.stripe_colour], float)[None, None, :] * sheen[..., None]
+            atlas[where][..., :3] = np.where(stripes[..., None], stripe, atlas[where][..., :3])
+        else:  # an apron's hem and pocket seam, a darker line of the same colour
+            seams = (np.abs(v - 0.93) < 0.025) | ((np.abs(v - 0.62) < 0.02) & (np.abs(u - 0.5) < 0.2))
+            atlas[where][..., :3] *= np.where(seams, 0.7, 1.0)[..., None]
     if duck.back:
         fill("back", COLOURS[duck.back_colour], 1.15, 0.8)
         fill("back_trim", COLOURS["grey"] if duck.back != "backpack" else COLOURS[duck.back_colour], 0.9, 0.6)
@@ -637,10 +723,7 @@ def _paint_kit(duck: ThemedDuck) -> np.ndarray:
             bands = (np.abs(v - 0.2) < 0.03) | (np.abs(v - 0.8) < 0.03)
             atlas[where][..., :3] = np.where(bands[..., None], 60.0, atlas[where][..., :3])
     if duck.tool:
-        handle = {"fire axe": "brown", "hammer": "brown", "wrench": "silver", "flag": "silver",
-                  "hose nozzle": "black"}[duck.tool]
-        head = {"fire axe": "red", "hammer": "grey", "wrench": "silver", "flag": "white",
-                "hose nozzle": "gold"}[duck.tool]
+        handle, head = _TOOL_COLOURS[duck.tool]
         fill("tool_a", COLOURS[handle], 1.05, 0.85)
         fill("tool_b", COLOURS[head], 1.1, 0.8)
         if duck.tool == "flag":
