@@ -89,6 +89,15 @@ def test_all_problems_listed_at_once(tmp_path):
         load_concepts(tmp_path / "missing.yaml")
 
 
+def test_fixed_prompts_name_their_subject_and_attributes():
+    data = _minimal(subjects=["duck", "rubber duck"])
+    data["concepts"]["firefighter"]["prompts"] = ["a rubber duck with a red helmet", "a red helmet"]
+    rows = sample_prompts(parse_concepts(data), 2)
+    assert [(r.subject, r.attributes) for r in rows] == [
+        ("rubber duck", {"helmet": "red helmet"}), ("duck", {"helmet": "red helmet"})
+    ]
+
+
 def test_small_pools_refuse_large_counts():
     concepts = parse_concepts(_minimal())
     assert len(sample_prompts(concepts, 5)) == 5

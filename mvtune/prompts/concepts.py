@@ -280,7 +280,10 @@ def iter_concept_prompts(concepts: ConceptSet, concept_name: str, count: int, se
         if prompt in seen:
             continue
         seen.add(prompt)
-        yield row(concepts.subjects[0], _fixed_attributes(concept, prompt), "", prompt)
+        # the longest subject the prompt names ("rubber duck" over "duck"), else the first one
+        named = [sub for sub in concepts.subjects if re.search(rf"\b{re.escape(sub.lower())}\b", prompt.lower())]
+        subject = max(named, key=len) if named else concepts.subjects[0]
+        yield row(subject, _fixed_attributes(concept, prompt), "", prompt)
         made += 1
 
     rng = np.random.default_rng([seed, _stable(concept_name)])
