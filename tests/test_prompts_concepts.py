@@ -143,6 +143,12 @@ def test_cli_sample_and_check(cli, tmp_path):
     bad.write_text("subjects: [duck]\nconcepts: {a: {attributes: {h: {phrases: []}}}}\n")
     result = cli("prompts", bad, "--count", 2, "--out", tmp_path / "x.jsonl", expect=2)
     assert "concepts.a.attributes.h.phrases" in result.stderr and "Traceback" not in result.stderr
+    plumber = tmp_path / "plumber.yaml"
+    plumber.write_text("subjects: [duck]\nconcepts: {plumber: {prompts: ['a Super Mario plumber duck']}}\n")
+    result = cli("prompts", plumber, "--count", 1, "--out", tmp_path / "m.jsonl", expect=2)
+    assert "'Mario'" in result.stderr and "--allow-protected" in result.stderr
+    cli("prompts", plumber, "--count", 1, "--out", tmp_path / "m.jsonl", "--allow-protected")
+    assert read_prompt_rows(tmp_path / "m.jsonl")[0]["override"] == "Mario"
 
 
 def test_cli_check_reads_stdin(tmp_path):
