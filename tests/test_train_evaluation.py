@@ -11,8 +11,8 @@ from mvtune.train.config import TrainConfigError, check_config, load_config
 from mvtune.train.evaluation import EvaluationConfig, TrainingEvaluator
 
 BLOCK = {
-    "concepts": {"firefighter": {"prompts": ["a duck as a firefighter"],
-                                 "attributes": {"helmet": {"positive": "a red helmet", "contrast": "a bare head"}}}},
+    "concepts": [{"name": "firefighter", "prompts": ["a duck as a firefighter"],
+                  "attributes": {"helmet": {"positive": "a red helmet", "contrast": "a bare head"}}}],
     "generic": ["a duck made of polished gold"],
 }
 

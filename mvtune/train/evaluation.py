@@ -31,6 +31,7 @@ class AttributeProbe(BaseModel):
 class ConceptProbe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    name: str
     prompts: list[str] = Field(min_length=1)
     attributes: dict[str, AttributeProbe] = {}
 
@@ -41,7 +42,7 @@ class EvaluationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     clip: list[Path] = []  # local transformers CLIP folders; the first one's scores are the logged ones
-    concepts: dict[str, ConceptProbe] = {}
+    concepts: list[ConceptProbe] = []  # a list, not a mapping: concept names are data, not config keys
     generic: list[str] = []  # a few prompts unrelated to the concepts (forgetting)
     num_objects: int = Field(1, ge=1)  # val objects sampled per prompt
     best_metric: str = "val/loss"  # any logged metric, e.g. eval/clip_t or eval/forgetting
@@ -76,7 +77,7 @@ class TrainingEvaluator:
         from mvtune.evaluate.scorers import attribute_presence, clip_t
 
         concept_t, presence, generic_t = [], [], []
-        for concept in self.cfg.concepts.values():
+        for concept in self.cfg.concepts:
             for prompt in concept.prompts:
                 for k in range(self.cfg.num_objects):
                     views = sample(prompt, k)
