@@ -27,15 +27,25 @@ app.add_typer(dataset_app, name="dataset")
 console = Console(stderr=True, soft_wrap=True)
 
 
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+    """Console filter of normal runs: mvtune's own messages, and only warnings and errors of the libraries
+    (Lightning's tips and device lines stay in train.log and under --verbose)."""
+    return record.name.split(".")[0] == "mvtune" or record.levelno >= logging.WARNING
+
+
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging, and the libraries' notices "
+                                      "(Lightning tips, deprecations, diffusers dtype notes).")) -> None:
     # transformers warns at import about optional image processors we never use
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
-    )
+    handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
+    if not verbose:
+        # diffusers prints its notices (e.g. "modules in AutoencoderKL that should be kept in float32") itself
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        for category in (DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category)
+        handler.addFilter(_quiet_libraries)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", handlers=[handler])
 
 
 def _progress() -> Progress:
@@ -521,7 +531,7 @@ def _report(result, path: Path) -> None:
 def train(
     ctx: typer.Context,
     config: Path = typer.Argument(..., help="Training YAML (mvtune layout or MV-Adapter's own data/system/trainer layout)."),
-    resume: Optional[str] = typer.Option(None, help="'auto' (newest valid checkpoint of this run) or a checkpoint path."),
+    resume: Optional[str] = typer.Option(None, help="'auto' (newest valid checkpoint of this run), a checkpoint file, or a run folder (its newest valid checkpoint)."),
 ) -> None:
     """Fine-tune MV-Adapter (adapter, LoRA, adapter+lora; prior preservation, EMA). Extra args are key=value overrides."""
     from mvtune.train.config import TrainConfigError
@@ -538,6 +548,9 @@ def train(
         _fail(str(exc))
     except NonFiniteLossError as exc:
         _fail(str(exc), code=1)
+    run = json.loads((run_dir / "summary.json").read_text())
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in run.get("metrics", {}).items() if k in ("train/loss", "val/loss"))
+    console.print(f"{run.get('status')} after {run.get('global_step')} steps{': ' + losses if losses else ''}")
     console.print(f"run folder: {run_dir}")
 
 
@@ -578,11 +591,16 @@ BASE_MODEL_HELP = "Local diffusers SDXL folder (SDXL base, DreamShaper XL, ..., 
 
 @app.command("tiny-model")
 def tiny_model(
-    out_dir: Path = typer.Argument(..., help="Folder for a tiny random SDXL in diffusers format (~5 MB)."),
+    out_dir: Path = typer.Argument(..., help="Folder for a tiny random SDXL in diffusers format (~31 MB; --clip: a few MB)."),
     seed: int = typer.Option(0, help="Seed of the random weights."),
     clip: bool = typer.Option(False, "--clip", help="Write a tiny random transformers CLIP (a scorer) instead."),
 ) -> None:
     """Save a tiny random SDXL pipeline (offline) to try generate/texture/train without downloading weights."""
+    from mvtune.demo import writable_problem
+
+    problem = writable_problem(out_dir, "tiny-model target")
+    if problem:
+        _fail(problem)
     if clip:
         from mvtune.models.tiny import write_tiny_clip
 
@@ -622,8 +640,21 @@ def generate(
 
     from mvtune.generate import BatchConfig, GenerateConfig, GenerateError, generate as run_generate, generate_batch
 
+    from mvtune.demo import base_model_problem, device_problem, remove_empty_dirs, writable_problem
+
     if (batch is None) == (mesh is None or prompt is None):
         _fail("give either --mesh and --prompt, or --batch LIST")
+    problems = [p for p in (
+        device_problem(device, allow_gpu=False),
+        base_model_problem(base_model, allow_tiny=False),
+        writable_problem(out, "--out"),
+    ) if p]
+    for option, path in (("--mesh", mesh), ("--batch", batch), ("--adapter", adapter), *(("--lora", lp) for lp in lora or [])):
+        if path is not None and not path.is_file():
+            problems.append(f"{option} {path} does not exist")
+    if problems:
+        _fail("; ".join(problems))
+    existed = out.exists()
     try:
         models = _model_options(base_model, adapter, _lora_specs(lora, lora_scale), scheduler, device, dtype)
         sampling = _sampling_options(steps, guidance, negative_prompt, resolution, mv_scale, control_scale, up)
@@ -636,8 +667,10 @@ def generate(
             run_generate(GenerateConfig(mesh=mesh, prompt=prompt, out_dir=out, seed=seed, models=models, sampling=sampling))
             console.print(f"views, grid and record in {out}")
     except ValidationError as exc:
-        _fail(_validation_message(exc))
+        _fail(_validation_message(exc, as_options=True))
     except GenerateError as exc:
+        if not existed:
+            remove_empty_dirs(out)
         _fail(str(exc), code=1)
 
 
@@ -899,29 +932,61 @@ def demo(
     steps: int = typer.Option(40, help="Training steps."),
     texture_size: int = typer.Option(512, help="Texture size of the final GLB."),
 ) -> None:
-    """End to end on built-in meshes: render -> validate -> split -> train -> sample a held-out mesh -> textured GLB."""
+    """End to end on built-in meshes: render -> split -> validate -> train -> sample a held-out mesh -> textured GLB."""
+    from mvtune.demo import demo_option_problems, remove_empty_dirs
+
+    problems = demo_option_problems(out_dir, base_model, adapter, device, render_resolution, train_resolution,
+                                    steps, texture_size)
+    if problems:
+        _fail("; ".join(problems))
+    existed = out_dir.exists()
+    try:
+        _run_demo(out_dir, base_model, adapter, device, render_resolution, train_resolution, steps, texture_size)
+    except BaseException:
+        if not existed:
+            remove_empty_dirs(out_dir)  # a run that failed early leaves no empty folders behind
+        raise
+
+
+def _run_demo(out_dir, base_model, adapter, device, render_resolution, train_resolution, steps, texture_size) -> None:
+    import time
+
     import numpy as np
     from PIL import Image
 
     from mvtune.data.splits import split_dataset
     from mvtune.data.validate import read_scene_list, validate_dataset
+    from mvtune.demo import write_demo_summary
     from mvtune.meshes import write_sample_meshes
     from mvtune.render.dataset import RenderConfig, render_dataset
 
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        timings[stage] = time.perf_counter() - clock
+        clock = time.perf_counter()
+
     meshes_dir, data_dir = out_dir / "meshes", out_dir / "dataset"
     paths = write_sample_meshes(meshes_dir)
+    lap("meshes")
     console.print(f"[bold]1/7[/] wrote {len(paths)} built-in sample meshes to {meshes_dir}")
-    cfg = RenderConfig(input=meshes_dir, out_dir=data_dir, resolution=render_resolution)
-    with _progress() as progress:
-        task = progress.add_task("render", total=len(paths), item="")
-        summary = render_dataset(cfg, on_progress=lambda d, t, i: progress.update(task, completed=d, item=i))
+    with _LazyProgress("render") as progress:
+        summary = render_dataset(RenderConfig(input=meshes_dir, out_dir=data_dir, resolution=render_resolution),
+                                 on_progress=progress.update, force=True)  # the demo's own folder: its settings
+    lap("render")
     if summary.failed:
         _fail(f"{summary.failed} meshes failed to render, see {data_dir / 'errors.jsonl'}", code=1)
     console.print(f"[bold]2/7[/] rendered {summary.total} objects (ortho10) into {data_dir}")
     split = split_dataset(data_dir, val=0.2, test=0.2, seed=0)
+    lap("split")
     console.print(f"[bold]3/7[/] split by source mesh: {split['objects']}")
-    result = validate_dataset(data_dir, "tg2mv")
-    _report(result, data_dir / "validation_report.json")
+    with _LazyProgress("validate") as progress:
+        result = validate_dataset(data_dir, "tg2mv", on_progress=progress.update)
+    lap("validate")
+    report = data_dir / "validation_report.json"
+    _report(result, report)
     if not result.ok:
         _fail("the demo dataset did not validate", code=1)
     console.print("[bold]4/7[/] validated (view layout, normals frame, files, captions, no split leakage)")
@@ -934,29 +999,66 @@ def demo(
         data_dir, out_dir / "runs", steps=steps, resolution=train_resolution,
         base=base_model, adapter=adapter, accelerator=device,
     )
-    metrics = next(run_dir.rglob("metrics.csv"), None)
-    console.print(f"      run folder {run_dir} (metrics {metrics}, sample grids in {run_dir / 'samples'})")
+    lap("train")
+    run = json.loads((run_dir / "summary.json").read_text())
+    losses = {k: run.get("metrics", {}).get(k) for k in ("train/loss", "val/loss")}
+    console.print("      final " + ", ".join(
+        f"{k} {v:.4f}" if v is not None else f"{k} n/a" for k, v in losses.items()
+    ) + f" after {run.get('global_step')} steps ({timings['train'] / max(1, run.get('global_step') or 1):.2f} s/step)")
     held_out = read_scene_list(data_dir / "split_test.json")[0]
-    grid = demo_sample(run_dir, data_dir, object_id=held_out)
-    console.print(f"[bold]6/7[/] sampled 6 views of held-out mesh {held_out}: {grid}")
+    with _LazyProgress("sample held-out views") as progress:
+        grid = demo_sample(run_dir, data_dir, object_id=held_out, on_step=progress.update)
+    lap("sample")
+    console.print(f"[bold]6/7[/] sampled 6 views of held-out mesh {held_out}")
 
     from mvtune.generate import write_views
     from mvtune.texture import BakeOptions, TextureConfig, texture_mesh
 
     source = Path(json.loads((data_dir / "manifest.json").read_text())["objects"][held_out]["source"])
     images = [np.asarray(Image.open(grid.parent / f"view_{k}.png").convert("RGB")) for k in range(6)]
+    sample = json.loads((grid.parent / "sample.json").read_text())
     views_dir = out_dir / "held_out_views"
-    write_views(views_dir, source, images)
+    # The record states what was done: these views were sampled by the demo's trained model, as sample.json says.
+    write_views(views_dir, source, images, extra={
+        "source": f"mvtune demo: held-out object {held_out} sampled by {run_dir.name}",
+        **{k: sample[k] for k in ("prompt", "seed", "models", "sampling")},
+    })
     glb = out_dir / "textured" / f"{held_out}.glb"
     glb.parent.mkdir(parents=True, exist_ok=True)
-    texture_mesh(TextureConfig(mesh=source, views=views_dir, out=glb, bake=BakeOptions(texture_size=texture_size)))
-    console.print(f"[bold]7/7[/] textured GLB {glb} with turntable {glb.with_name(glb.stem + '_turntable.gif')}")
-    summary_path = out_dir / "demo_summary.json"
-    summary_path.write_text(json.dumps({
-        "dataset": str(data_dir.resolve()), "run": str(run_dir.resolve()), "held_out": held_out,
-        "held_out_grid": str(grid.resolve()), "textured_glb": str(glb.resolve()),
-    }, indent=2) + "\n")
-    console.print(f"[green]done[/]: summary in {summary_path}")
+    record = texture_mesh(TextureConfig(mesh=source, views=views_dir, out=glb, bake=BakeOptions(texture_size=texture_size)))
+    lap("texture")
+    console.print(f"[bold]7/7[/] textured {glb} ({record['bake']['texel_coverage']:.0%} of texels seen by a view)")
+
+    samples = sorted((run_dir / "samples").glob("step_*.png"))
+    outputs = {
+        "held-out views (ground truth above, sample below)": grid,
+        "validation grid (last)": samples[-1] if samples else None,
+        "textured GLB": glb,
+        "turntable": glb.with_name(glb.stem + "_turntable.gif"),
+        "training metrics": run_dir / "logs" / "csv" / "metrics.csv",
+        "dataset validation report": report,
+        "adapter": next(iter(run.get("exports", {}).values()), None),
+        "run folder": run_dir,
+        "texture record": glb.with_suffix(".json"),
+    }
+    metrics = {**losses, "steps": run.get("global_step"),
+               "steps_per_s": round((run.get("global_step") or 0) / timings["train"], 3),
+               "texel_coverage": record["bake"]["texel_coverage"]}
+    settings = {"base_model": base_model, "adapter": str(adapter) if adapter else None, "device": device,
+                "render_resolution": render_resolution, "train_resolution": train_resolution, "steps": steps,
+                "texture_size": texture_size}
+    summary_path = write_demo_summary(out_dir, held_out=held_out, metrics=metrics, timings=timings,
+                                      outputs={**outputs, "summary": out_dir / "demo_summary.json"}, settings=settings)
+    table = Table(title=f"mvtune demo outputs ({out_dir})", show_header=False)
+    for label, path in outputs.items():
+        if path is not None:
+            table.add_row(label, str(path))
+    table.add_row("summary (metrics, timings, paths)", str(summary_path))
+    console.print(table)
+    if base_model == "tiny":
+        console.print("[yellow]note[/]: the tiny model has random weights, so its views and texture are noise; that is "
+                      "what a random tiny model produces. Use --base-model with a real SDXL folder for real images.")
+    console.print(f"[green]done[/] in {sum(timings.values()):.0f} s")
     print(out_dir.resolve())
 
 

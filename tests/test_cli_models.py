@@ -32,9 +32,26 @@ def test_train_refuses_the_users_config_with_the_fix(tmp_path, cli, user_yaml):
 
 def test_demo_end_to_end(tmp_path, cli):
     out = tmp_path / "demo"
-    cli("demo", "--out", out, "--steps", "4", "--render-resolution", "64", "--texture-size", "128")
+    result = cli("demo", "--out", out, "--steps", "4", "--render-resolution", "64", "--texture-size", "128")
     summary = json.loads((out / "demo_summary.json").read_text())
-    assert Path(summary["textured_glb"]).exists() and Path(summary["held_out_grid"]).exists()
-    assert (Path(summary["run"]) / "export" / "mvadapter_tg2mv_sdxl.safetensors").exists()
+    outputs = summary["outputs"]
+    for label, path in outputs.items():  # every output recorded relative to the demo folder, and there
+        assert path is not None and not Path(path).is_absolute() and (out / path).exists(), label
+    assert (out / outputs["run folder"] / "export" / "mvadapter_tg2mv_sdxl.safetensors").exists()
+    assert summary["metrics"]["steps"] == 4 and summary["metrics"]["train/loss"] > 0
+    assert summary["metrics"]["val/loss"] > 0 and {"render", "train", "texture"} <= set(summary["timings_s"])
     report = json.loads((out / "dataset" / "validation_report.json").read_text())
     assert report["ok"]
+    # What the user reads: a bar with loss and speed, the final losses, the outputs block, the noise note.
+    log = result.stderr
+    assert "steps/s" in log and "final train/loss" in log and "textured GLB" in log and "noise" in log
+    for noise in ("Tip:", "GPU available", "should be kept in float32", "is deprecated", "saved adapter"):
+        assert noise not in log, noise
+    # Records state what was done: 20 sampling steps at guidance 3 on the 64 px training resolution.
+    held_out = summary["held_out"]
+    views = json.loads((out / "held_out_views" / "generate.json").read_text())
+    assert views["sampling"]["steps"] == 20 and views["sampling"]["guidance"] == 3.0 and views["resolution"] == 64
+    assert views["prompt"] and views["seed"] == 42 and views["models"]["base_model"] == "tiny"
+    texture = json.loads((out / "textured" / f"{held_out}.json").read_text())
+    assert "sampling" not in texture["config"]  # the texture stage sampled nothing itself
+    assert texture["generate_record"]["sampling"]["steps"] == 20 and texture["generate_record"]["prompt"]

@@ -340,3 +340,11 @@ def test_an_empty_train_split_says_why(ducks, tmp_path):
     with pytest.raises(TrainConfigError) as err:
         check_config(cfg)
     assert "data.train_indices [0, -8] selects nothing from the 7 entries" in str(err.value)
+
+
+def test_the_example_config_loads_and_checks(ducks):
+    """examples/train-tg2mv.yaml, linked from docs/training.md, runs with only its paths overridden."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "train-tg2mv.yaml"
+    cfg = load_config(example, [f"data.root={ducks}", "model.base=tiny"])
+    check_config(cfg)
+    assert cfg.model.variant == "tg2mv" and cfg.output.tag == "tg2mv-ducks" and cfg.trainer.max_steps == 5000

@@ -45,7 +45,7 @@ def save_adapter(path: str | os.PathLike, unet: UNet2DConditionModel, cond_encod
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in adapter_state_dict(unet, cond_encoder).items()}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    logger.info("saved adapter (%d tensors) to %s", len(state), path)
+    logger.debug("saved adapter (%d tensors) to %s", len(state), path)  # once per checkpoint: debug
     return path
 
 

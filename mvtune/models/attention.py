@@ -268,7 +268,7 @@ def attach_mv_adapter(
             processors[name] = CrossAttnProcessor()
     unet.set_attn_processor(processors)
     n_mv = sum(isinstance(p, MVSelfAttnProcessor) for p in unet.attn_processors.values())
-    logger.info("attached %s processors to %d self-attention layers", processor_cls.__name__, n_mv)
+    logger.debug("attached %s processors to %d self-attention layers", processor_cls.__name__, n_mv)
 
     device = unet.conv_in.weight.device
     with torch.device(device):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -247,6 +247,7 @@ class MVAdapterPipeline:
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         cross_attention_kwargs: dict | None = None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> list[Image.Image] | np.ndarray | torch.Tensor:
         """Sample one object's views.
 
@@ -254,6 +255,7 @@ class MVAdapterPipeline:
         control_conditioning_scale multiplies the cond encoder features; they are used for the first
         int(num_inference_steps * control_conditioning_factor) steps only.
         output_type: "pil" (list of V images), "np" ([V, H, W, 3] float32 in [0, 1]) or "latent".
+        on_step(done, total): called after each denoising step (progress bars).
         """
         if output_type not in ("pil", "np", "latent"):
             raise MVAdapterError(f"unknown output_type {output_type!r}; expected 'pil', 'np' or 'latent'")
@@ -300,6 +302,8 @@ class MVAdapterPipeline:
                 uncond, text = noise_pred.chunk(2)
                 noise_pred = uncond + guidance_scale * (text - uncond)
             latents = self.scheduler.step(noise_pred, t, latents, generator=generator).prev_sample.to(dtype)
+            if on_step is not None:
+                on_step(i + 1, len(self.scheduler.timesteps))
 
         if output_type == "latent":
             return latents

@@ -264,9 +264,10 @@ def texture_mesh(cfg: TextureConfig) -> dict:
         paths["turntable_gif"].unlink(missing_ok=True)
     timings["total"] = time.perf_counter() - start
     summary = {
-        "config": cfg.model_dump(mode="json"),
+        # Sampling settings only when this run sampled; given views were made as their own record says.
+        "config": cfg.model_dump(mode="json", exclude=None if cfg.prompt is not None else {"sampling", "models", "seed"}),
         "views": str(views_dir),
-        "generate_record": {k: record.get(k) for k in ("prompt", "seed", "models", "resolution")},
+        "generate_record": {k: record.get(k) for k in ("prompt", "seed", "models", "sampling", "resolution", "source")},
         "unwrap": unwrap_report,
         "bake": result.stats,
         "files": files,

@@ -507,7 +507,7 @@ def demo_config(
             "validation": {"every_n_steps": max(1, steps // 2), "num_inference_steps": 10 if tiny else 30,
                            "num_objects": 2, "sanity_steps": 0},
             "trainer": {"max_steps": steps, "max_epochs": None, "precision": "32-true" if tiny else "bf16-mixed",
-                        "accelerator": accelerator, "enable_progress_bar": False, "seed": seed, "log_every_n_steps": 1},
+                        "accelerator": accelerator, "enable_progress_bar": True, "seed": seed, "log_every_n_steps": 1},
             "checkpoint": {"every_n_steps": steps},
             "output": {"dir": str(out_dir), "name": "demo-train"},
         },
@@ -534,6 +534,13 @@ def demo_training(
         log.info("no split files in %s: splitting it (val 0.2, test 0.2)", dataset_dir)
         split_dataset(dataset_dir, val=0.2, test=0.2, seed=seed)
     cfg = demo_config(dataset_dir, Path(out_dir), steps, resolution, strategy, seed, base, adapter, accelerator)
+    if accelerator == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        # The tiny model's ops are too small to split: with one OpenMP thread per core, every op waits at a
+        # barrier for a thread the (shared) machine has descheduled, which made steps 10-100x slower than
+        # benchmarks/bench_train.py (run with OMP_NUM_THREADS=1); see benchmarks/RESULTS.md.
+        torch.set_num_threads(1)
     return train(cfg, config_stem="demo", resume=None)
 
 
@@ -545,11 +552,13 @@ def demo_sample(
     num_inference_steps: int = 20,
     guidance_scale: float = 3.0,
     seed: int = 42,
+    on_step=None,
 ) -> Path:
     """Sample the 6 views of a held-out object (test split, else val) with a demo run's trained tiny model.
 
     Uses the loader's condition maps of that object; writes view_*.png, a grid (rows: ground truth, sample) and
-    sample.json into `out_dir` (default: <run>/held_out); returns the grid's path.
+    sample.json (what was done: object, prompt, models, seed, steps, guidance, resolution) into `out_dir`
+    (default: <run>/held_out); returns the grid's path. on_step(done, total) follows the denoising steps.
     """
     import torch
     from PIL import Image
@@ -557,6 +566,7 @@ def demo_sample(
     from mvtune.data.loader import MultiviewDataset
     from mvtune.data.splits import SPLIT_FILES
     from mvtune.data.validate import read_scene_list
+    from mvtune.models import DEFAULT_NEGATIVE_PROMPT
     from mvtune.models.pipeline import MVAdapterPipeline
     from mvtune.storage import write_json
     from mvtune.train.system import LORA_FILE, adapter_file, image_grid, load_base_components
@@ -594,13 +604,19 @@ def demo_sample(
     sample = dataset[0]
     generator = torch.Generator().manual_seed(seed)
     images = pipe(sample["prompt"], sample["source_rgb"], num_inference_steps=num_inference_steps,
-                  guidance_scale=guidance_scale, generator=generator, output_type="np")
+                  guidance_scale=guidance_scale, negative_prompt=DEFAULT_NEGATIVE_PROMPT, generator=generator,
+                  output_type="np", on_step=on_step)
     for k, image in enumerate(images):
         Image.fromarray((image * 255).round().astype("uint8")).save(out / f"view_{k}.png")
     grid_path = out / "grid.png"
     Image.fromarray(image_grid([sample["rgb"].permute(0, 2, 3, 1).numpy(), images])).save(grid_path)
     write_json(out / "sample.json", {
-        "object_id": object_id, "prompt": sample["prompt"], "adapter": str(adapter), "seed": seed,
+        "object_id": object_id, "prompt": sample["prompt"], "seed": seed,
+        "models": {"base_model": cfg.model.base, "adapter": str(adapter if adapter.exists() else cfg.model.adapter),
+                   "lora": str(export / LORA_FILE) if (export / LORA_FILE).exists() else None,
+                   "scheduler": "ddpm", "shift_scale": cfg.model.shift_scale if cfg.model.shift_noise else 1.0},
+        "sampling": {"steps": num_inference_steps, "guidance": guidance_scale, "resolution": cfg.data.height,
+                     "negative_prompt": DEFAULT_NEGATIVE_PROMPT},
         "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "grid": str(grid_path),
     })
     return grid_path
