@@ -27,7 +27,7 @@ from mvtune.meshes.generators.run import GenerateMeshesConfig  # noqa: E402
 from mvtune.prompts import write_prompt_rows  # noqa: E402
 
 TARGET_PER_HOUR = 1000.0
-CONCEPTS = ("firefighter", "construction worker", "astronaut", "rubber duck")
+CONCEPTS = ("firefighter", "construction worker", "astronaut", "chef", "gardener", "rubber duck")
 
 
 def _rss_mb(pid: int | str = "self") -> float:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -460,14 +461,14 @@ def kit_for(concept: str | None) -> str:
 
 
 def design_duck(concept: str | None, seed: int, hints: dict[str, str] | None = None) -> ThemedDuck:
-    """Draw a themed duck for `concept` from `seed`. `hints` (a prompt row's attribute phrases) steer the draw:
+    """Draw a themed duck for `concept` from `seed`. `hints` (phrases of a prompt row) steer the draw:
     a colour named in a helmet/hat phrase becomes the helmet's colour when the kit offers it, a tool, hat or
     back item a phrase asks for ("holding a fire hose") is the one chosen, and so on."""
     kit_name = kit_for(concept)
     kit = KITS[kit_name]
     rng = np.random.default_rng(seed)
-    phrases = [str(v).lower() for v in (hints or {}).values()]
-    words = set(" ".join(phrases).replace(",", " ").split())
+    phrases = [" ".join(re.findall(r"[a-z]+", str(v).lower())) for v in (hints or {}).values()]
+    words = set(" ".join(phrases).split())
 
     def pick(options, *keywords, avoid=None):
         # A part in the body's own colour would not be visible, and the caption must only state what is.
@@ -489,8 +490,10 @@ def design_duck(concept: str | None, seed: int, hints: dict[str, str] | None = N
 
     shape = tuple(BODY_SHAPES)[int(rng.integers(len(BODY_SHAPES)))]
     jitter = tuple(float(x) for x in np.round(rng.uniform(0.94, 1.06, 4), 4))
-    fixed = {colours[0] for _, colours in kit.headwear if len(colours) == 1}  # e.g. the chef's white hat
-    body = pick([c for c in BODY_COLOURS if c not in fixed], "duck", "body", "feather")
+    # The body keeps clear of colours the parts must have (the chef's white hat) or are asked to have.
+    taken = {colours[0] for _, colours in kit.headwear if len(colours) == 1}
+    taken |= {w for p in phrases if not any(k in p for k in ("duck", "body", "feather")) for w in p.split()}
+    body = pick([c for c in BODY_COLOURS if c not in taken] or BODY_COLOURS, "duck", "body", "feather")
     fields: dict = {}
     if kit.headwear:
         kinds = dict(kit.headwear)

@@ -1,7 +1,7 @@
 """The built-in procedural backend: themed ducks from `mvtune.meshes.procedural`, CPU only, licence-clean (CC0).
 
-The prompt row chooses the kit (its concept) and steers colours (its attribute phrases); the item seed draws the
-rest. The caption is not the prompt: it states exactly what the mesh shows, and the visible attributes are
+The prompt row chooses the kit (its concept) and steers colours and parts (its attribute phrases and the phrases
+of its prompt); the item seed draws the rest. The caption is not the prompt: it states exactly what the mesh shows, and the visible attributes are
 recorded in the provenance as ground truth for attribute probes.
 """
 
@@ -30,8 +30,10 @@ class _Runner:
             kit_for(row.get("concept"))
         except KeyError as exc:
             raise GeneratorError(exc.args[0]) from None
-        attributes = row.get("attributes") or {}
-        duck = design_duck(row.get("concept"), seed, {str(k): str(v) for k, v in attributes.items()})
+        # The attributes used and each comma-separated phrase of the prompt (fixed prompts carry few attributes).
+        hints = {str(k): str(v) for k, v in (row.get("attributes") or {}).items()}
+        hints |= {f"prompt-{k}": phrase for k, phrase in enumerate(str(row.get("prompt", "")).split(","))}
+        duck = design_duck(row.get("concept"), seed, hints)
         data = themed_scene(duck).export(file_type="glb")
         (Path(out_dir) / MESH_FILE).write_bytes(data)
         return {
