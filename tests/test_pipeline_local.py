@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from mvtune.pipeline import EXIT_FAILED, EXIT_OK
@@ -54,6 +55,7 @@ def test_local_run_then_reruns_redo_only_the_unfinished_part(tmp_path, cli):
     assert "DONE" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_failing_stage_stops_the_run_and_status_names_it(tmp_path, cli):
     exp = load_experiment(_experiment(tmp_path))
     (exp.dir / "meshes").mkdir(parents=True)
@@ -69,3 +71,23 @@ def test_a_failing_stage_stops_the_run_and_status_names_it(tmp_path, cli):
     assert rows[("render", 1)]["state"] == "FAILED" and rows[("render", 0)]["state"] == "DONE"
     assert rows[("render", 1)]["log"].endswith("render-1.log")
     assert rows[("merge", None)]["state"] == "NOT_RUN"
+
+
+@pytest.mark.slow
+def test_prompts_and_generated_meshes_feed_the_render(tmp_path):
+    """prompts (the team's concepts) -> procedural mesh generation in 2 shards -> render -> split -> validate."""
+    concepts = Path(__file__).resolve().parents[1] / "examples" / "concepts" / "ducks.yaml"
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "gen", "dir": str(tmp_path / "exp"), "prompts": {"concepts": str(concepts), "count": 2},
+        "meshes": {"source": "generate", "backend": "procedural", "shards": 2}, "render": {"resolution": 16},
+        "split": {"val": 0.2, "test": 0.2}, "validate": {"pixels": False},
+    }))
+    exp = load_experiment(path)
+    code, events = _events(exp)
+    assert code == EXIT_OK, events
+    assert [(s, k) for s, k, e in events if e == "start"][:3] == [("prompts", None), ("meshes", 0), ("meshes", 1)]
+    rows = [json.loads(line) for line in (exp.dir / "prompts" / "prompts.jsonl").read_text().splitlines()]
+    meshes = sorted(p.parent.name for p in (exp.dir / "meshes").glob("*/mesh.glb"))
+    assert meshes == sorted(r["id"] for r in rows) and len(meshes) == 2 * len({r["concept"] for r in rows})
+    assert len(json.loads((exp.dir / "dataset" / "scene_list.json").read_text())) == len(meshes)

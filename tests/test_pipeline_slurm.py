@@ -195,7 +195,7 @@ def test_whole_experiment_with_ddp_training_preempted_and_requeued(cluster, tmp_
     config = _train_config(tmp_path, max_steps, tiny_base)
     probe = tmp_path / "probe"
     models = (f"models=[{{name: base, base_model: {tiny_base}}}, {{name: fine-tune, base_model: {tiny_base}, "
-              "adapter: '{run}/export/mvadapter_tg2mv.safetensors'}]")
+              "adapter: '{run}/export/mvadapter_tg2mv_sdxl.safetensors'}]")
     path = _experiment(
         tmp_path, render={"resolution": 64, "shards": 3}, train={"config": str(config)},
         evaluate={"suite": str(_suite(tmp_path, tiny_base)), "overrides": [models, "meshes.dataset={dataset}"]},

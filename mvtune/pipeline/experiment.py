@@ -150,7 +150,7 @@ class TrainStage(_Section):
 
 class EvaluateStage(_Section):
     """`mvtune evaluate SUITE key=value ... --out DIR --run RUN`. Overrides may name {run} (the training run
-    folder, e.g. `{run}/export/mvadapter_tg2mv.safetensors`), {dataset} and {dir} (the experiment folder)."""
+    folder, e.g. `{run}/export/mvadapter_tg2mv_sdxl.safetensors`), {dataset} and {dir} (the experiment folder)."""
 
     suite: Path
     overrides: list[str] = []
