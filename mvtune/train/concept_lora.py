@@ -61,6 +61,19 @@ def sdxl_pipeline(parts: dict, scheduler_config: dict):
     return pipe
 
 
+@torch.no_grad()
+def sample_image(pipe, prompt: str, size: int, steps: int, guidance: float, generator: torch.Generator, output_type="pil"):
+    """One image; the prompt is encoded with mvtune's SDXL encoder (padding to the encoders' length, which
+    tokenizers built in memory do not declare)."""
+    encoders = (pipe.text_encoder, pipe.text_encoder_2)
+    embeds, pooled = encode_prompt((pipe.tokenizer, pipe.tokenizer_2), encoders, [prompt])
+    dtype = pipe.unet.dtype
+    return pipe(
+        prompt_embeds=embeds.to(dtype), pooled_prompt_embeds=pooled.to(dtype), height=size, width=size,
+        num_inference_steps=steps, guidance_scale=guidance, generator=generator, output_type=output_type,
+    ).images[0]
+
+
 def _sampling_device(cfg: TrainConfig) -> torch.device:
     wants_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda")
     return torch.device("cuda") if wants_gpu and torch.cuda.is_available() else torch.device("cpu")
@@ -101,9 +114,12 @@ def ensure_class_images(cfg: TrainConfig, components: dict, rank: int = 0, wait_
             time.sleep(5)
         return out
 
-    from mvtune.prompts.guard import ensure_allowed  # contract A: every generator prompt passes the IP guard
+    from mvtune.prompts.guard import ProtectedPromptError, ensure_allowed  # every generator prompt passes the guard
 
-    ensure_allowed(prior.class_prompt)
+    try:
+        ensure_allowed(prior.class_prompt)
+    except ProtectedPromptError as exc:
+        raise TrainConfigError(f"prior.class_prompt: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / CLASS_MANIFEST
     if manifest.is_file():
@@ -127,10 +143,8 @@ def ensure_class_images(cfg: TrainConfig, components: dict, rank: int = 0, wait_
         task = progress.add_task(f"class images ({prior.class_prompt!r})", total=len(todo))
         for k, path in todo:
             generator = step_generator(torch.device("cpu"), cfg.trainer.seed, 7919, k)
-            image = pipe(
-                prior.class_prompt, height=cfg.data.height, width=cfg.data.height, generator=generator,
-                num_inference_steps=prior.num_inference_steps, guidance_scale=prior.guidance_scale,
-            ).images[0]
+            image = sample_image(pipe, prior.class_prompt, cfg.data.height, prior.num_inference_steps,
+                                 prior.guidance_scale, generator)
             atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
             atomic_write(path.with_suffix(".txt"), lambda tmp: Path(tmp).write_text(prior.class_prompt, encoding="utf-8"))
             progress.advance(task)
@@ -392,12 +406,8 @@ class ConceptLoraSystem(MVAdapterSystem):
         images = []
         with self.ema_weights():
             for k, prompt in enumerate(self.validation_prompts()):
-                image = pipe(
-                    prompt, height=size, width=size, num_inference_steps=val.num_inference_steps,
-                    guidance_scale=val.guidance_scale, generator=step_generator(torch.device("cpu"), val.seed, k),
-                    output_type="np",
-                ).images[0]
-                images.append(image)
+                generator = step_generator(torch.device("cpu"), val.seed, k)
+                images.append(sample_image(pipe, prompt, size, val.num_inference_steps, val.guidance_scale, generator, "np"))
         for module, mode in zip((self.unet, *encoders), was_training):
             module.train(mode)
         grid = image_grid([images])
