@@ -320,6 +320,7 @@ def render(
     shard: Optional[str] = typer.Option(None, help="'i/n': render only shard i of n (Slurm array tasks); then `mvtune dataset merge OUT`."),
     wait: bool = typer.Option(False, help="Wait for another render holding the dataset's lock instead of failing at once."),
     force: bool = typer.Option(False, help="Re-render a dataset made with other settings (resolution, layout, ...)."),
+    allow_outside_files: bool = typer.Option(False, help="Let a mesh read files outside its folder (an MTL's ../ texture, an absolute mtllib)."),
 ) -> None:
     """Render meshes into an Objaverse-Ortho10View / Rand6View-format dataset."""
     from pydantic import ValidationError
@@ -330,6 +331,7 @@ def render(
         cfg = RenderConfig(
             input=input, out_dir=out_dir, layout=layout, resolution=resolution, workers=workers,
             captions=captions, lighting=lighting, up=up, seed=seed, position=position, shard=shard,
+            allow_outside_files=allow_outside_files,
             **({} if max_texture_pixels is None else {"max_texture_pixels": max_texture_pixels}),
             **({} if max_total_texture_pixels is None else {"max_total_texture_pixels": max_total_texture_pixels}),
         )

@@ -58,11 +58,26 @@ class TextureTooLargeError(MeshError):
     """A texture exceeds the pixel limit (decompression-bomb guard)."""
 
 
+class OutsideReferenceError(MeshError):
+    """The file refers to a file outside its own folder (``../``, an absolute path): refused unless allowed."""
+
+
+def _inside(path: Path, target: Path, what: str, allow_outside: bool) -> Path:
+    """target, if it lies in the mesh file's folder (or below); a mesh from elsewhere must not read other files."""
+    if not allow_outside and not target.resolve().is_relative_to(path.parent.resolve()):
+        raise OutsideReferenceError(
+            f"{path}: {what} refers to {target}, outside the mesh's folder {path.parent}; copy it next to the mesh "
+            "(or allow files outside it with --allow-outside-files)"
+        )
+    return target
+
+
 def load_mesh(
     path: str | Path,
     *,
     max_texture_pixels: int = DEFAULT_MAX_TEXTURE_PIXELS,
     max_total_texture_pixels: int = DEFAULT_MAX_TOTAL_TEXTURE_PIXELS,
+    allow_outside: bool = False,
 ) -> Mesh:
     """Read a mesh file into source coordinates (scene-graph transforms applied, `to_frame` identity).
 
@@ -71,10 +86,12 @@ def load_mesh(
     """
     path = Path(path)
     ext = path.suffix.lower()
-    warns = check_mesh_file(path, max_texture_pixels=max_texture_pixels, max_total_texture_pixels=max_total_texture_pixels)
+    warns, textures = _check_file(path, max_texture_pixels, max_total_texture_pixels, allow_outside)
     with _pixel_guard(max_texture_pixels):
         try:
-            scene = trimesh.load(path, process=False, force="scene")
+            # trimesh's own resolver refuses `../` on its own and then drops the texture in silence
+            resolver = trimesh.resolvers.FilePathResolver(path, allow_anywhere=True) if allow_outside else None
+            scene = trimesh.load(path, process=False, force="scene", resolver=resolver)
         except IndexError as e:
             if ext != ".obj":
                 raise MeshReadError(f"{path}: cannot parse {ext} file (IndexError: {e})") from e
@@ -82,6 +99,13 @@ def load_mesh(
             raise InvalidGeometryError(f"{path}: face indices out of range ({e})") from e
         except Exception as e:
             raise MeshReadError(f"{path}: cannot parse {ext} file ({type(e).__name__}: {e})") from e
+        if ext == ".obj" and textures and not any(
+            getattr(getattr(g.visual, "material", None), "image", None) is not None for g in scene.geometry.values()
+        ):
+            raise TextureMissingError(
+                f"{path}: its material library names {textures} texture(s) but none could be loaded; check the "
+                "map_Kd lines (options before the file name are not supported)"
+            )
         parts = _scene_parts(path, scene, max_texture_pixels, warns)
     mesh = Mesh(parts=parts, source=str(path), warnings=warns)
     _check_extent(path, mesh)
@@ -93,11 +117,16 @@ def check_mesh_file(
     *,
     max_texture_pixels: int = DEFAULT_MAX_TEXTURE_PIXELS,
     max_total_texture_pixels: int = DEFAULT_MAX_TOTAL_TEXTURE_PIXELS,
+    allow_outside: bool = False,
 ) -> list[str]:
     """The checks made before any parsing: format, referenced files, texture sizes from image headers only, the
     per-object pixel budget. For tools that give the file to trimesh themselves (augment), which would drop a
     texture it cannot decode in silence. Returns warnings; raises a MeshError."""
-    path = Path(path)
+    return _check_file(Path(path), max_texture_pixels, max_total_texture_pixels, allow_outside)[0]
+
+
+def _check_file(path: Path, max_texture_pixels: int, max_total_texture_pixels: int, allow_outside: bool):
+    """(warnings, number of textures found) of check_mesh_file."""
     ext = path.suffix.lower()
     if ext not in SUPPORTED_EXTENSIONS:
         raise UnsupportedFormatError(
@@ -109,15 +138,15 @@ def check_mesh_file(
     sizes: list[int] = []
     with _pixel_guard(max_texture_pixels):
         if ext in (".glb", ".gltf"):
-            warns += _check_gltf(path, max_texture_pixels, sizes)
+            warns += _check_gltf(path, max_texture_pixels, sizes, allow_outside)
         elif ext == ".obj":
-            _check_obj(path, max_texture_pixels, sizes)
+            _check_obj(path, max_texture_pixels, sizes, allow_outside)
     if sum(sizes) > max_total_texture_pixels:
         raise TextureTooLargeError(
             f"{path}: its {len(sizes)} textures hold {sum(sizes)} pixels together, over the per-object budget "
             f"of {max_total_texture_pixels} (raise it with --max-total-texture-pixels if you have the memory)"
         )
-    return warns
+    return warns, len(sizes)
 
 
 @contextlib.contextmanager
@@ -188,20 +217,20 @@ def _gltf_header(path: Path) -> tuple[dict, bytes | None]:
     return header, binary
 
 
-def _uri_bytes(path: Path, uri: str, what: str) -> bytes:
+def _uri_bytes(path: Path, uri: str, what: str, allow_outside: bool = False) -> bytes:
     if uri.startswith("data:"):
         try:
             return base64.b64decode(uri.split("base64,", 1)[1])
         except (IndexError, ValueError) as e:
             raise MeshReadError(f"{path}: {what} has a malformed data URI") from e
-    target = path.parent / unquote(uri)
+    target = _inside(path, path.parent / unquote(uri), what, allow_outside)
     if not target.is_file():
         error = TextureMissingError if what.startswith("texture") else MeshReadError
         raise error(f"{path}: {what} refers to missing file {target.name!r} (looked in {target.parent})")
     return target.read_bytes()
 
 
-def _check_gltf(path: Path, max_pixels: int, sizes: list[int]) -> list[str]:
+def _check_gltf(path: Path, max_pixels: int, sizes: list[int], allow_outside: bool = False) -> list[str]:
     """Missing/oversized images and skins or animations, from the glTF JSON; returns warnings."""
     header, binary = _gltf_header(path)
     buffers: dict[int, bytes | None] = {}
@@ -210,17 +239,19 @@ def _check_gltf(path: Path, max_pixels: int, sizes: list[int]) -> list[str]:
         if index not in buffers:
             spec = header.get("buffers", [])[index]
             uri = spec.get("uri")
-            buffers[index] = binary if uri is None else _uri_bytes(path, uri, f"buffer {index}")
+            buffers[index] = binary if uri is None else _uri_bytes(path, uri, f"buffer {index}", allow_outside)
         return buffers[index]
 
     for i, spec in enumerate(header.get("buffers", [])):
         uri = spec.get("uri", "")
+        if uri and not uri.startswith("data:"):
+            _inside(path, path.parent / unquote(uri), f"buffer {i}", allow_outside)
         if uri and not uri.startswith("data:") and not (path.parent / unquote(uri)).is_file():
             raise MeshReadError(f"{path}: buffer {i} refers to missing file {unquote(uri)!r} (looked in {path.parent})")
     for i, image in enumerate(header.get("images", [])):
         what = f"texture image {i} ({image.get('uri') or image.get('name') or 'embedded'})"
         if "uri" in image:
-            blob = _uri_bytes(path, image["uri"], what)
+            blob = _uri_bytes(path, image["uri"], what, allow_outside)
         elif "bufferView" in image:
             try:
                 view = header["bufferViews"][image["bufferView"]]
@@ -243,7 +274,7 @@ def _check_gltf(path: Path, max_pixels: int, sizes: list[int]) -> list[str]:
     return []
 
 
-def _check_obj(path: Path, max_pixels: int, sizes: list[int]) -> None:
+def _check_obj(path: Path, max_pixels: int, sizes: list[int], allow_outside: bool = False) -> None:
     """The material library and its diffuse maps must exist, parsed the way trimesh parses them."""
     try:
         text = path.read_text(errors="replace")
@@ -254,7 +285,7 @@ def _check_obj(path: Path, max_pixels: int, sizes: list[int]) -> None:
         return
     end = text.find("\n", start)
     mtl_name = text[start + 6 : end if end >= 0 else None].strip()
-    mtl = path.parent / mtl_name
+    mtl = _inside(path, path.parent / mtl_name, f"material library {mtl_name!r}", allow_outside)
     if not mtl.is_file():
         raise TextureMissingError(f"{path}: material library {mtl_name!r} not found (looked in {path.parent})")
     try:
@@ -265,7 +296,7 @@ def _check_obj(path: Path, max_pixels: int, sizes: list[int]) -> None:
         stripped = line.strip()
         if stripped.lower().startswith("map_kd"):
             name = stripped[6:].strip()
-            image = mtl.parent / name
+            image = _inside(path, mtl.parent / name, f"texture {name!r} of {mtl.name}", allow_outside)
             if not image.is_file():
                 raise TextureMissingError(f"{path}: texture {name!r} referenced by {mtl.name} not found")
             sizes.append(_check_image_header(path, f"texture {name!r}", image, max_pixels))

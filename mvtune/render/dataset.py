@@ -86,6 +86,8 @@ class RenderConfig(BaseModel):
     position: bool = False
     max_texture_pixels: int = Field(DEFAULT_MAX_TEXTURE_PIXELS, ge=1)
     max_total_texture_pixels: int = Field(DEFAULT_MAX_TOTAL_TEXTURE_PIXELS, ge=1)
+    #: Let meshes read files outside their own folder (an MTL's ``../`` texture, an absolute mtllib).
+    allow_outside_files: bool = False
     #: (i, n): render only shard i of n (input positions k with k % n == i); None renders everything.
     shard: tuple[int, int] | None = None
 
@@ -328,7 +330,10 @@ def render_object(cfg: RenderConfig, object_id: str, src: Path, digest: str) -> 
     from mvtune.meshes import load_mesh, normalize_mesh
 
     caption, sidecar = read_sidecars(src)
-    mesh = load_mesh(src, max_texture_pixels=cfg.max_texture_pixels, max_total_texture_pixels=cfg.max_total_texture_pixels)
+    mesh = load_mesh(
+        src, max_texture_pixels=cfg.max_texture_pixels, max_total_texture_pixels=cfg.max_total_texture_pixels,
+        allow_outside=cfg.allow_outside_files,
+    )
     mesh = normalize_mesh(mesh, up=cfg.up)
     views = cameras.layout(cfg.layout, seed=cfg.seed)
 
