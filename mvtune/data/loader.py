@@ -27,7 +27,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mvtune import cameras
 from mvtune.data import augment, cache
 # The roll rule and the background threshold are the validator's, so validation and loading cannot disagree.
-from mvtune.data.validate import DEPTH_BACKGROUND, roll_problem, read_scene_list, scene_dir, scene_id
+from mvtune.data.validate import (
+    DEPTH_BACKGROUND, SceneEntryError, check_scene_entries, read_scene_list, roll_problem, scene_dir, scene_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +278,10 @@ class MultiviewDataset(Dataset):
                 f"scene list {scene_list if isinstance(scene_list, (str, Path)) else '(list)'} is empty; for a split "
                 "file, re-split with larger fractions (`mvtune dataset split DIR --val F --test F`) or add objects"
             )
+        try:  # every entry up front: a training run must not meet `../` or `/etc` at step 900
+            check_scene_entries(self.root, self.entries, where=f"scene list {scene_list if isinstance(scene_list, (str, Path)) else '(list)'}")
+        except SceneEntryError as exc:
+            raise DatasetError(str(exc)) from None
         self.ids = [scene_id(e) for e in self.entries]
         self.variant = variant
         self.height, self.width = height, width

@@ -89,7 +89,7 @@ def split_dataset(
         raise SplitError(f"val={val} and test={test} must be fractions in [0, 1) that sum to less than 1")
     list_path = Path(scene_list) if scene_list else root / "scene_list.json"
     try:
-        ids = [scene_id(e) for e in read_scene_list(list_path)]
+        ids = [scene_id(e) for e in read_scene_list(list_path, root)]
     except (OSError, ValueError) as exc:
         raise SplitError(f"cannot read scene list {list_path}: {exc}") from None
     manifest = read_manifest(root)
@@ -202,7 +202,7 @@ def check_leakage(root: str | Path) -> list[str]:
     problems = []
     for name, path in present.items():
         try:
-            for object_id in (scene_id(e) for e in read_scene_list(path)):
+            for object_id in (scene_id(e) for e in read_scene_list(path, root)):
                 split_of[object_id].append(name)
         except (OSError, ValueError) as exc:
             problems.append(f"split file {path} cannot be read: {exc}")

@@ -14,7 +14,7 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import numpy as np
@@ -75,22 +75,58 @@ class ValidationReport:
         }
 
 
-def read_scene_list(path: Path) -> list[str]:
-    """JSON array of strings or a TXT file with one entry per line (spec §1.2)."""
+def read_scene_list(path: Path, root: Path | None = None) -> list[str]:
+    """JSON array of strings or a TXT file with one entry per line (spec §1.2). With ``root``, entries that
+    would leave it are refused (SceneEntryError, a ValueError)."""
     path = Path(path)
     if path.suffix == ".json":
         entries = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
             raise ValueError(f"scene list {path} must be a JSON array of strings")
-        return entries
-    if path.suffix == ".txt":
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    raise ValueError(f"scene list {path}: expected .json or .txt")
+    elif path.suffix == ".txt":
+        entries = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        raise ValueError(f"scene list {path}: expected .json or .txt")
+    if root is not None:
+        check_scene_entries(Path(root), entries, where=f"scene list {path}")
+    return entries
+
+
+class SceneEntryError(ValueError):
+    """A scene-list entry that would leave the dataset root (absolute, ``..``, a link out): never read."""
 
 
 def scene_dir(root: Path, entry: str) -> Path:
-    """The reference path rule: entries with a '/' are relative paths, bare ids live in root/id[:2]/id."""
-    return root / entry if "/" in entry else root / entry[:2] / entry
+    """The folder of a scene-list entry, by the reference path rule (entries with a '/' are paths relative to
+    root, bare ids live in root/id[:2]/id), and the one place every reader turns entries into folders: an entry
+    that would leave root is refused (SceneEntryError), never rewritten (``/etc`` is not ``etc``)."""
+    root = Path(root)
+    if not isinstance(entry, str) or not entry.strip("/ "):
+        raise SceneEntryError(f"scene entry {entry!r} is empty or not a string")
+    if PurePosixPath(entry).is_absolute() or Path(entry).is_absolute() or ".." in PurePosixPath(entry).parts:
+        raise SceneEntryError(
+            f"scene entry {entry!r} points outside the dataset root {root}; entries are ids or paths relative to it"
+        )
+    directory = root / entry if "/" in entry else root / entry[:2] / entry
+    if not directory.resolve().is_relative_to(root.resolve()):
+        raise SceneEntryError(f"scene entry {entry!r} resolves to {directory.resolve()}, outside the dataset root {root}")
+    return directory
+
+
+def check_scene_entries(root: Path, entries: list[str], where: str = "scene list") -> None:
+    """Refuse a list with any entry outside root, naming them all (scene_dir decides)."""
+    bad = []
+    for entry in entries:
+        try:
+            scene_dir(root, entry)
+        except SceneEntryError:
+            bad.append(entry)
+    if bad:
+        shown = ", ".join(repr(e) for e in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise SceneEntryError(
+            f"{where}: {len(bad)} entries point outside the dataset root {root} ({shown}); entries must be ids or "
+            "paths relative to the root"
+        )
 
 
 def scene_id(entry: str) -> str:
@@ -246,12 +282,12 @@ def validate_dataset(
         for problem in near_duplicate_leaks(root):
             report.add("error", "near-duplicate-leakage", problem)
 
-    root_resolved = root.resolve()
     for done, entry in enumerate(entries, 1):
         object_id = scene_id(entry)
-        directory = scene_dir(root, entry)
-        if not directory.resolve().is_relative_to(root_resolved):
-            report.add("error", "path-escape", f"scene entry {entry!r} points outside the dataset root", object_id)
+        try:
+            directory = scene_dir(root, entry)
+        except SceneEntryError as exc:
+            report.add("error", "path-escape", str(exc), object_id)
             continue
         report.objects += 1
         _check_object(directory, object_id, variant, names, check_pixels, report)
