@@ -7,7 +7,7 @@ from pathlib import Path
 from mvtune.evaluate.run import evaluate_suite
 from mvtune.evaluate.suite import parse_suite
 
-#: One concept with a probed trait and two generic prompts: enough to exercise every part of the report.
+#: One concept with a probed trait (plus one generic prompt): enough to exercise every part of the report.
 DEMO_CONCEPTS = {
     "subjects": ["duck"],
     "styles": ["toy figurine", "stylized but clean"],
@@ -36,7 +36,7 @@ def demo_suite(base_model: Path, adapter: Path, dataset: Path, clip: Path, *, re
             {**model, "name": "fine-tune", "adapter": str(adapter)},
         ],
         "meshes": {"dataset": str(dataset), "split": "test"},
-        "prompts": {"concepts": DEMO_CONCEPTS, "per_concept": 1, "generic": 2},
+        "prompts": {"concepts": DEMO_CONCEPTS, "per_concept": 1, "generic": 1},
         "seeds": list(seeds),
         "sampling": {"steps": steps, "guidance": 3.0, "resolution": resolution},
         "scorers": [{"name": "tiny-clip", "kind": "transformers", "path": str(clip)}],

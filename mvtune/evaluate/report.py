@@ -106,7 +106,7 @@ def _grids(summary: dict, records: list[dict], out: Path) -> list[dict]:
         for prompt_id in prompt_ids:
             for mesh in [m["id"] for m in summary["meshes"]]:
                 for seed in summary["seeds"]:
-                    if made >= summary.get("grids_per_concept", 2):
+                    if made >= summary["grids_per_concept"]:
                         break
                     cells = [by_cell.get((m, mesh, prompt_id, seed)) for m in models]
                     if any(c is None for c in cells):
@@ -355,6 +355,8 @@ def write_report(summary: dict, records: list[dict], out: Path, run_dir: Path | 
 
     out = Path(out)
     (out / ASSETS).mkdir(parents=True, exist_ok=True)
+    for old in (out / ASSETS).glob("grid_*.png"):  # a rerun with fewer groups must not leave stale grids
+        old.unlink()
     grids = _grids(summary, records, out)
     plots = {}
     for name, made in (

@@ -659,6 +659,7 @@ def summarize(suite: Suite, cells: list[Cell], records: dict[Path, dict], out: P
         "scorers": scorers,
         "groups": groups,
         "confidence": boot.confidence,
+        "grids_per_concept": suite.grids_per_concept,
         "means": means,
         "comparisons": comparisons,
         "forgetting": forgetting,
