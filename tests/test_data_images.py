@@ -147,3 +147,37 @@ def test_random_crops_and_flips_are_reproducible_per_epoch(tmp_path):
         source_columns = np.arange(160)[::-1] if crop.flip else np.arange(160)
         expected = source_columns[crop.left : crop.left + 64] < 40
         assert (blue.numpy() == expected).all(), epoch
+
+
+def test_validate_flags_unreadable_small_uncaptioned_duplicate_and_protected(tmp_path, cli):
+    from mvtune.data.images import is_image_dataset, validate_images
+
+    ds = tmp_path / "ds"
+    rng = np.random.default_rng(1)
+    noise = (rng.random((600, 600, 3)) * 255).astype(np.uint8)
+    Image.fromarray(noise).save(ds.mkdir() or ds / "a.png")
+    (ds / "a.txt").write_text("sks duck, red helmet")
+    Image.fromarray(noise).resize((560, 560)).save(ds / "a_copy.jpg", quality=90)  # same picture, resized
+    (ds / "a_copy.txt").write_text("sks duck")
+    for seed, (name, side, caption) in enumerate([("small.png", 300, "sks duck"), ("speck.png", 40, "sks duck"),
+                                                 ("nocap.png", 600, None), ("mouse.png", 600, "Mickey Mouse as a firefighter")]):
+        pixels = (np.random.default_rng(seed + 10).random((side, side, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(ds / name)
+        if caption:
+            (ds / name).with_suffix(".txt").write_text(caption)
+    (ds / "broken.webp").write_bytes(b"not a webp")
+    assert is_image_dataset(ds) and not is_image_dataset(tmp_path / "missing")
+
+    report = validate_images(ds, min_side=512)
+    codes = {(f.code, f.object_id) for f in report.findings}
+    assert ("unreadable", "broken.webp") in codes
+    assert ("too_small", "speck.png") in codes and ("tiny", "small.png") in codes
+    assert ("missing_caption", "nocap.png") in codes
+    assert ("protected", "mouse.png") in codes
+    assert ("duplicate", "a.png") in codes or ("duplicate", "a_copy.jpg") in codes
+    assert not any(f.code == "duplicate" and f.object_id in ("mouse.png", "nocap.png") for f in report.findings)
+    assert not report.ok and report.objects == 7
+
+    result = cli("dataset", "validate", ds, expect=1)
+    saved = json.loads((ds / "validation_report.json").read_text())
+    assert saved["counts"]["error:unreadable"] == 1 and "FAILED" in result.stdout + result.stderr

@@ -349,3 +349,79 @@ class BucketBatchSampler:
             batches = batches[self.skip[1] :]
             self.skip = None
         yield from batches
+
+
+# ---- validation (`mvtune dataset validate` on an image dataset) ----------------------------------------------
+
+#: Below this side an image cannot fill even the smallest bucket; below `min_side` it is upscaled a lot.
+MIN_USABLE_SIDE = BUCKET_STEP
+#: Perceptual hashes this close (of 64 bits) are the same picture (resized, recompressed, lightly edited).
+DUPLICATE_BITS = 4
+
+
+def is_image_dataset(source: Path) -> bool:
+    """A .jsonl file, or a folder with images that is not a rendered multi-view dataset."""
+    source = Path(source)
+    if source.is_file():
+        return source.suffix.lower() == ".jsonl"
+    if not source.is_dir() or (source / "scene_list.json").exists() or (source / "manifest.json").exists():
+        return False
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in source.rglob("*"))
+
+
+def validate_images(source: Path, min_side: int = 512, on_progress=None):
+    """Findings on an image dataset: unreadable, too small or tiny images, missing or empty captions,
+    duplicates by perceptual hash, captions that name a protected term (the prompt guard's list)."""
+    from mvtune.data.neardup import phash
+    from mvtune.data.validate import ValidationReport
+    from mvtune.prompts.guard import find_protected
+
+    source = Path(source)
+    report = ValidationReport(root=str(source), variant="images", image_names=[])
+    try:
+        rows = list_images(source)
+    except ImageDatasetError as exc:
+        report.add("error", "not_a_dataset", str(exc))
+        return report
+    report.objects = len(rows)
+    if not rows:
+        report.add("error", "empty", f"{source}: no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images found")
+    hashes: list[tuple[int, str]] = []
+    for n, (path, caption) in enumerate(rows):
+        name = str(path.relative_to(source) if source.is_dir() else path)
+        try:
+            image = load_rgb(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            report.add("error", "unreadable", f"{path}: not a readable image ({exc})", name)
+            continue
+        side = min(image.size)
+        if side < MIN_USABLE_SIDE:
+            report.add("error", "too_small", f"{image.size[0]}x{image.size[1]}: smaller than {MIN_USABLE_SIDE} px, no bucket fits", name)
+        elif side < min_side:
+            report.add("warning", "tiny", f"{image.size[0]}x{image.size[1]}: shorter side under {min_side} px, upscaled in training", name)
+        if caption is None:
+            report.add("error", "missing_caption", f"no caption: write {path.with_suffix(CAPTION_SUFFIX).name} or a 'caption' field", name)
+        elif not caption.strip():
+            report.add("warning", "empty_caption", "the caption is empty (trains as the unconditional prompt)", name)
+        else:
+            term = find_protected(caption)
+            if term:
+                report.add("warning", "protected", f"the caption names the protected term {term!r}: {caption!r}", name)
+        gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        hashes.append((phash(gray), name))
+        if on_progress is not None:
+            on_progress(n + 1, len(rows))
+    _duplicates(hashes, report)
+    return report
+
+
+def _duplicates(hashes: list[tuple[int, str]], report) -> None:
+    if len(hashes) < 2:
+        return
+    values = np.array([h for h, _ in hashes], dtype=np.uint64)
+    for i in range(len(values) - 1):
+        distance = np.bitwise_count(values[i + 1 :] ^ values[i])
+        for j in np.nonzero(distance <= DUPLICATE_BITS)[0]:
+            other = hashes[i + 1 + int(j)][1]
+            report.add("warning", "duplicate", f"looks the same as {other} (perceptual hash {int(distance[j])}/64 bits apart)",
+                       hashes[i][1])
