@@ -63,6 +63,24 @@ def test_tiny_clip_is_deterministic_by_seed(tiny_clip, tmp_path):
     assert not np.allclose(other.image_features(images), reference)
 
 
+def test_image_features_of_the_same_views_are_computed_once(tiny_clip, monkeypatch):
+    scorer = load_scorer(ScorerSpec(path=tiny_clip))
+    calls = []
+    encode = scorer._encode_images
+    monkeypatch.setattr(scorer, "_encode_images", lambda images: calls.append(len(images)) or encode(images))
+    views, other = _images(6, seed=1), _images(6, seed=2)
+    first = scorer.image_features(views)
+    first[:] = 0.0  # callers get a copy, never the memo itself
+    again = scorer.image_features([v.copy() for v in views])  # same pixels, other arrays
+    assert calls == [6]
+    assert np.abs(again).sum() > 0
+    scorer.image_features(other)
+    changed = [v.copy() for v in views]
+    changed[5][0, 0, 0] ^= 1  # one value of one view
+    scorer.image_features(changed)
+    assert calls == [6, 6, 6]
+
+
 def test_clip_t_is_100_cosine(tiny_clip):
     scorer = load_scorer(ScorerSpec(path=tiny_clip))
     images = _images(3)
