@@ -365,11 +365,22 @@ def dataset_validate(
     captions: Optional[Path] = typer.Option(None, help="Captions JSON (default ROOT/captions.json)."),
     report: Optional[Path] = typer.Option(None, help="Where to write the JSON report (default ROOT/validation_report.json)."),
     pixels: bool = typer.Option(True, help="Decode normals/depth to check frames and backgrounds (slower)."),
+    min_side: int = typer.Option(512, help="Image datasets: warn about images whose shorter side is below this."),
 ) -> None:
-    """Check a dataset against what MV-Adapter's loader and attention layout assume."""
+    """Check a dataset against what MV-Adapter's loader and attention layout assume; an image dataset (a folder
+    of images with .txt captions, or a .jsonl) for concept LoRAs: readable, large enough, captioned, no
+    duplicates, no protected names in captions."""
     from mvtune.cameras import VARIANTS
+    from mvtune.data.images import is_image_dataset, validate_images
     from mvtune.data.validate import NotADatasetError, ensure_dataset, validate_dataset
 
+    if is_image_dataset(root):
+        with _LazyProgress("validate") as progress:
+            result = validate_images(root, min_side=min_side, on_progress=progress.update)
+        _report(result, report or ((root if root.is_dir() else root.parent) / "validation_report.json"))
+        if not result.ok:
+            raise typer.Exit(1)
+        return
     _check_variant(variant)
     image_names = [v.strip() for v in views.split(",")] if views else None
     if image_names is not None and (len(image_names) != len(VARIANTS[variant].poses) or not all(image_names)):
