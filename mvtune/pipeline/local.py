@@ -12,6 +12,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from mvtune.pipeline import EXIT_FAILED, EXIT_OK, markers
 from mvtune.pipeline.experiment import Experiment
@@ -36,13 +37,25 @@ def plan(exp: Experiment, stages: list[Stage]) -> list[tuple[Stage, list[int | N
     return out
 
 
-def run_local(exp: Experiment, on_step: Callable[[str, int | None, str], None] | None = None) -> int:
+#: Runs one stage command (argv), its output going to the log file; returns the exit code.
+Runner = Callable[[list[str], Path, Path], int]
+
+
+def run_subprocess(argv: list[str], log: Path, workdir: Path) -> int:
+    """The default: a child process per command, stdout and stderr appended to the stage's log."""
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)))
+    with open(log, "ab") as out:
+        return subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env=env).returncode
+
+
+def run_local(exp: Experiment, on_step: Callable[[str, int | None, str], None] | None = None,
+              runner: Runner = run_subprocess) -> int:
     """Run what is unfinished; returns EXIT_OK, or EXIT_FAILED at the first failing shard (later ones do not run).
 
-    `on_step(stage, shard, event)` is told "start", "done", "skip" or "failed: <reason>".
+    `on_step(stage, shard, event)` is told "start", "done", "skip" or "failed: <reason>". `runner` runs one
+    command (`mvtune demo` runs them in its own process, so their progress bars show on its console).
     """
     state = prepare(exp, "local")
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)))
     for stage, todo in plan(exp, build_stages(exp, slurm=False)):
         if not todo:
             if on_step:
@@ -55,10 +68,7 @@ def run_local(exp: Experiment, on_step: Callable[[str, int | None, str], None] |
             if on_step:
                 on_step(stage.name, shard, "start")
             started = time.time()
-            with open(path, "ab") as out:
-                code = subprocess.run(stage.command(shard), stdout=out, stderr=subprocess.STDOUT, cwd=exp.workdir,
-                                      env=env).returncode
-            code = record(exp, stage, shard, code, path)
+            code = record(exp, stage, shard, runner(stage.command(shard), path, exp.workdir), path)
             note_run(state, stage.name, [shard], executor="local", exit_code=code, log=str(path),
                      seconds=round(time.time() - started, 2))
             save_state(exp.dir, state)

@@ -26,10 +26,6 @@ UNREADABLE = "cannot read source"
 RUN_NAME = "run"  # output.name of the training run: fixed, so a requeued or rerun job finds its folder
 
 
-class StageError(Exception):
-    """A stage's result is not usable (its command exited 0 but the output says otherwise)."""
-
-
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -51,7 +47,7 @@ class Stage:
         return [a.replace(SHARD, str(shard)) for a in self.argv] if shard is not None else list(self.argv)
 
     def shell(self) -> str:
-        """The command line as a shell would read it, SHARD as $SHARD (used in batch scripts and markers)."""
+        """The command line as a shell reads it, SHARD as $SHARD (the batch scripts' line)."""
         return " ".join(shlex.quote(a) for a in self.argv).replace(SHARD, "$SHARD")
 
     def marker_command(self, shard: int | None) -> str:
