@@ -8,7 +8,7 @@ import pytest
 from mvtune.evaluate.stats import BETTER, NO_EVIDENCE, WORSE, bootstrap_interval, paired_units, verdict
 
 
-def _draws(effect: float, repeats: int = 200, units: int = 20, seed: int = 0):
+def _draws(effect: float, repeats: int = 300, units: int = 20, seed: int = 0):
     rng = np.random.default_rng(seed)
     for r in range(repeats):
         # skewed noise (a centred gamma), like CLIP-score differences, not a friendly normal

@@ -106,3 +106,14 @@ def test_cli_bad_suite_exits_2_with_one_line(tmp_path, files, cli):
     result = cli("evaluate", _write(tmp_path, files), "--out", tmp_path / "out", expect=2)
     assert "no prompts" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_suite_compares_the_base_with_its_fine_tune(tmp_path, ducks):
+    from mvtune.evaluate.demo import demo_suite
+
+    (tmp_path / "base").mkdir()
+    suite = demo_suite(tmp_path / "base", tmp_path / "ft.safetensors", ducks, tmp_path / "clip", steps=2)
+    assert [m.name for m in suite.models] == ["base", "fine-tune"] and suite.reference.adapter is None
+    assert suite.models[1].adapter == tmp_path / "ft.safetensors" and suite.sampling.steps == 2
+    assert {p.group for p in suite.prompt_rows()} == {"firefighter", "generic"}
+    assert all(m.ground_truth is not None for m in suite.mesh_items())  # the held-out (test) ducks
