@@ -745,11 +745,13 @@ def score(
     device: str = typer.Option("cpu", help="Device of the CLIP scorers."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the result to this JSON file."),
+    image: Optional[Path] = typer.Option(None, help="Write a PNG of the views over their consistency errors."),
 ) -> None:
     """Score six tg2mv views against their mesh: geometric consistency, silhouette IoU, CLIP-T."""
+    import numpy as np
     from pydantic import ValidationError
 
-    from mvtune.evaluate.score import score_views
+    from mvtune.evaluate.score import read_views, score_views
     from mvtune.evaluate.scorers import ScoreError, ScorerSpec, load_scorer
 
     if up not in ("y", "z"):
@@ -759,15 +761,29 @@ def score(
     try:
         specs = [ScorerSpec.parse(text) for text in clip or []]
         scorers = [load_scorer(spec, device=device) for spec in specs]
-        result = score_views(mesh, views, prompt=prompt, scorers=scorers, up=up)
+        images = read_views(views)
+        errors = np.zeros((len(images), *images[0].shape[:2]), np.float32) if image is not None else None
+        result = score_views(mesh, images, prompt=prompt, scorers=scorers, up=up, error_maps=errors)
     except ValidationError as exc:
         _fail(f"--clip: {_validation_message(exc)}")
     except ScoreError as exc:
         _fail(str(exc))
+    for path in (out, image):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
     if out is not None:
         from mvtune.storage import write_json
 
         write_json(out, result)
+    if image is not None:
+        from PIL import Image
+
+        from mvtune.evaluate.score import error_map_picture
+        from mvtune.storage import atomic_write
+
+        picture = Image.fromarray(error_map_picture(images, errors))
+        atomic_write(image, lambda tmp: picture.save(tmp, format="PNG"))
+        console.print(f"views (top) over their consistency errors (bottom, red = disagreement): {image}")
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return

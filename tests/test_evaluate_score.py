@@ -16,6 +16,7 @@ from mvtune.evaluate.score import (
     BACKGROUND,
     ScoreError,
     _pixel_projection,
+    error_map_picture,
     read_views,
     score_views,
 )
@@ -101,6 +102,30 @@ def test_another_objects_view_is_inconsistent(duck_views, renderers):
     assert bad["consistency"]["mae"] > 3 * good["consistency"]["mae"]
     assert np.mean([p["mae"] for p in _pairs_with(bad, 3)]) > 10.0
     assert bad["silhouette"]["iou"][3] < good["silhouette"]["iou"][3]
+
+
+def test_error_maps_show_where_views_disagree(duck_views, renderers):
+    views = read_views(duck_views["folder"])
+    good = np.zeros((6, RESOLUTION, RESOLUTION), np.float32)
+    result = score_views(duck_views["mesh"], views, renderer=renderers[1], error_maps=good)
+    assert np.isnan(good[0][duck_views["rgba"][0][..., 3] == 0]).all()  # background: nothing compared
+    assert np.isfinite(good[0]).sum() > 0.3 * np.count_nonzero(duck_views["rgba"][0][..., 3])
+    assert np.nanmean(good) < 3.0
+    rolled = list(views)
+    rolled[1] = np.ascontiguousarray(np.rot90(views[1], 2))
+    bad = np.zeros_like(good)
+    score_views(duck_views["mesh"], rolled, renderer=renderers[1], error_maps=bad)
+    assert np.nanmean(bad[1]) > 4 * np.nanmean(good[1])
+    np.testing.assert_array_equal(np.isnan(bad), np.isnan(good))  # same co-visible pixels, other colours
+    # back and front are seen by the right view: their errors rise too, where the right view sees them
+    assert np.nanmean(bad[0]) > np.nanmean(good[0])
+    picture = error_map_picture(rolled, bad)
+    assert picture.shape == (2 * RESOLUTION, 6 * RESOLUTION, 3) and picture.dtype == np.uint8
+    np.testing.assert_array_equal(picture[:RESOLUTION, RESOLUTION : 2 * RESOLUTION], rolled[1])
+    assert picture[RESOLUTION:, RESOLUTION : 2 * RESOLUTION, 0].mean() > picture[RESOLUTION:, :RESOLUTION, 0].mean()
+    assert result["consistency"]["mae"] < 3.0
+    with pytest.raises(ScoreError, match="error_maps must be a C-contiguous float32 array"):
+        score_views(duck_views["mesh"], views, renderer=renderers[1], error_maps=np.zeros((6, 8, 8), np.float32))
 
 
 def test_silhouette_of_an_empty_view_is_zero(duck_views, renderers):
@@ -206,8 +231,10 @@ def test_clip_t_per_scorer_when_a_prompt_is_given(duck_views, renderers):
 
 
 def test_cli_score_table_and_errors(cli, duck_views, tmp_path):
-    table = cli("score", "--mesh", duck_views["mesh"], "--views", duck_views["folder"])
+    picture = tmp_path / "out" / "errors.png"
+    table = cli("score", "--mesh", duck_views["mesh"], "--views", duck_views["folder"], "--image", picture)
     assert "all pairs" in table.stderr and "silhouette IoU" in table.stderr
+    assert Image.open(picture).size == (6 * RESOLUTION, 2 * RESOLUTION)
     failed = cli("score", "--mesh", duck_views["mesh"], "--views", tmp_path / "nope", expect=2)
     assert f"views folder {tmp_path / 'nope'} does not exist" in failed.stderr
     missing = tmp_path / "noclip"

@@ -28,7 +28,7 @@ from mvtune.evaluate.scorers import ClipScorer, ScoreError, clip_t
 from mvtune.generate.conditions import ConditionMaps, condition_maps, load_normalized
 from mvtune.generate.run import RECORD, VARIANT
 
-__all__ = ["ScoreError", "consistency", "read_views", "score_views", "silhouette_iou"]
+__all__ = ["ScoreError", "consistency", "error_map_picture", "read_views", "score_views", "silhouette_iou"]
 
 #: MV-Adapter composites its training views over grey 0.5 and generates on that background.
 BACKGROUND = (0.5, 0.5, 0.5)
@@ -142,11 +142,13 @@ def _psnr(mse: float) -> float:
     return PSNR_MAX if mse <= 0.0 else min(PSNR_MAX, 10.0 * math.log10(255.0**2 / mse))
 
 
-def consistency(images: Sequence[np.ndarray], cond: ConditionMaps) -> dict:
+def consistency(images: Sequence[np.ndarray], cond: ConditionMaps, error_maps: np.ndarray | None = None) -> dict:
     """Colour agreement of every ordered view pair over co-visible surface points.
 
     images: V x (R, R, 3) uint8 views; cond: the mesh's condition maps at R (positions, normals, mask, depth).
-    Channel-first maps make every per-point read a 1-D gather, the fast kind in numpy.
+    error_maps: optional (V, R, R) float32 array, filled with each pixel's mean absolute colour difference
+    (0-255) over the other views that see it, NaN where none does. Channel-first maps make every per-point
+    read a 1-D gather, the fast kind in numpy.
     """
     views, r = cond.views, int(cond.mask.shape[1])
     position = cond.position.reshape(len(views), 3, -1)  # encoded P + 0.5
@@ -164,6 +166,11 @@ def consistency(images: Sequence[np.ndarray], cond: ConditionMaps) -> dict:
     facing_threshold = 0.5 * backs.sum(axis=1)[:, None]
     tolerance = [DEPTH_TOLERANCE_PIXELS * view.ortho_scale / r for view in views]
 
+    if error_maps is not None:
+        if error_maps.shape != cond.mask.shape or error_maps.dtype != np.float32 or not error_maps.flags.c_contiguous:
+            raise ScoreError(f"error_maps must be a C-contiguous float32 array of shape {cond.mask.shape}")
+        error_maps[...] = 0.0
+        error_counts = np.zeros(error_maps.shape, dtype=np.int32)
     pairs = []
     for i in range(len(views)):
         src = np.flatnonzero(interior[i])
@@ -210,6 +217,10 @@ def consistency(images: Sequence[np.ndarray], cond: ConditionMaps) -> dict:
             flat = t11.reshape(-1)
             sum_sq = float(np.dot(flat, flat))
             sum_abs = float(np.abs(flat, out=flat).sum(dtype=np.float64))
+            if error_maps is not None:  # each source pixel occurs once per pair: plain indexed adds suffice
+                where = src[cand[keep]]
+                error_maps[i].reshape(-1)[where] += t11.sum(axis=1) / 3.0
+                error_counts[i].reshape(-1)[where] += 1
             n = 3 * pixels
             pairs.append(
                 {
@@ -222,6 +233,9 @@ def consistency(images: Sequence[np.ndarray], cond: ConditionMaps) -> dict:
                     "_sq": sum_sq,
                 }
             )
+    if error_maps is not None:
+        np.divide(error_maps, error_counts, out=error_maps, where=error_counts > 0)
+        error_maps[error_counts == 0] = np.nan
     total = sum(p["pixels"] for p in pairs)
     sum_abs = sum(p.pop("_abs") for p in pairs)
     sum_sq = sum(p.pop("_sq") for p in pairs)
@@ -231,6 +245,23 @@ def consistency(images: Sequence[np.ndarray], cond: ConditionMaps) -> dict:
         "pixels": total,
         "pairs": pairs,
     }
+
+
+#: Mean absolute difference (0-255) drawn at full red in the error-map picture.
+ERROR_MAP_FULL_SCALE = 48.0
+
+
+def error_map_picture(images: Sequence[np.ndarray], error_maps: np.ndarray) -> np.ndarray:
+    """The views side by side over their consistency error (dimmed view, red = disagreement, full red at
+    ERROR_MAP_FULL_SCALE; pixels no other view sees stay dimmed grey): (2R, V*R, 3) uint8."""
+    rows = []
+    for image, errors in zip(images, error_maps):
+        grey = np.asarray(image, dtype=np.float32).mean(axis=-1, keepdims=True) * 0.5
+        t = np.clip(np.nan_to_num(errors, nan=0.0) / ERROR_MAP_FULL_SCALE, 0.0, 1.0)[..., None]
+        heat = grey * (1.0 - t) + t * np.array([255.0, 32.0, 0.0], dtype=np.float32)
+        rows.append(heat)
+    heat_row = np.concatenate(rows, axis=1).round().astype(np.uint8)
+    return np.concatenate([np.concatenate(list(images), axis=1), heat_row], axis=0)
 
 
 def silhouette_iou(images: Sequence[np.ndarray], mask: np.ndarray, background: Sequence[float] | None = None) -> list[float]:
@@ -262,11 +293,13 @@ def score_views(
     up: str = "y",
     renderer=None,
     background=None,
+    error_maps: np.ndarray | None = None,
 ) -> dict:
     """Everything `mvtune score` reports for six tg2mv views (arrays, or a run folder) of one mesh file.
 
     `renderer`: a `Renderer(R, lighting="albedo", msaa=0)` at the views' resolution, reused across calls.
     `background`: the generation background in [0, 1] (default grey 0.5).
+    `error_maps`: optional (6, R, R) float32 array to receive per-pixel consistency errors (see `consistency`).
     """
     from mvtune.meshes import MeshError
     from mvtune.render import RenderError
@@ -297,7 +330,7 @@ def score_views(
 
     iou = silhouette_iou(images, cond.mask, bg)
     result = {
-        "consistency": consistency(images, cond),
+        "consistency": consistency(images, cond, error_maps),
         "silhouette": {"iou": iou, "mean": float(np.mean(iou)), "threshold": BACKGROUND_THRESHOLD},
         "clip_t": {},
     }
