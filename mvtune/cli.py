@@ -713,6 +713,7 @@ def texture(
     from pydantic import ValidationError
 
     from mvtune.texture import BakeOptions, TextureConfig, TextureError, UnwrapConfig, texture_mesh
+    from mvtune.texture.export import TextureInputError
 
     try:
         models = None
@@ -727,6 +728,8 @@ def texture(
         record = texture_mesh(cfg)
     except ValidationError as exc:
         _fail(_validation_message(exc))
+    except TextureInputError as exc:
+        _fail(str(exc))
     except TextureError as exc:
         _fail(str(exc), code=1)
     seen = record["bake"]["texel_coverage"]

@@ -138,8 +138,8 @@ def folder_lock(
 ) -> Iterator[Path]:
     """Hold a folder's lock for the duration of a block: one writer per dataset or run folder.
 
-    Built on flock(2) on a lock file that is never deleted, so the kernel releases it when its holder dies in
-    any way (kill -9 included): a lock left by a dead process is taken over without asking. The holder writes
+    Built on flock(2), so the kernel releases the lock when its holder dies in any way (kill -9 included): a lock
+    left by a dead process is taken over without asking. The lock file is removed on release. The holder writes
     its pid, host, Slurm job and command into the file, so a refused second process can say who holds it.
     ``shared`` takes the lock in shared mode (shard runs of one dataset hold it together; an exclusive holder
     such as an unsharded render or a merge excludes them all). ``wait`` blocks until the lock is free (at most
@@ -151,7 +151,6 @@ def folder_lock(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = lock_path(folder, name)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
     me = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
@@ -162,19 +161,28 @@ def folder_lock(
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     deadline = None if timeout is None else time.monotonic() + timeout
     job_deadline = time.monotonic() + same_job_waits
+    fd = -1
     try:
         while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
             try:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                break
             except OSError as exc:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     _fallback_check(path, me)  # no flock on this file system
                     break
+            else:
+                if _same_file(fd, path):
+                    break
+                # The previous holder removed the file between our open and our flock: lock the new one.
+                os.close(fd)
+                continue
             holder = read_lock_holder(path)
             if not holder and not shared:
                 holders = _held_siblings(folder, path)
                 holder = holders[0] if holders else {}
+            os.close(fd)
+            fd = -1
             same_job = bool(me["slurm_job_id"]) and holder.get("slurm_job_id") == me["slurm_job_id"]
             now = time.monotonic()
             if not (wait or (same_job and now < job_deadline)) or (wait and deadline is not None and now > deadline):
@@ -189,10 +197,21 @@ def folder_lock(
             os.pwrite(fd, json.dumps(me).encode(), 0)
         yield path
     finally:
-        with contextlib.suppress(OSError):
-            if not shared:
-                os.ftruncate(fd, 0)  # the file stays (deleting it would race the next taker); empty = free
-        os.close(fd)
+        if fd >= 0:
+            # Remove the file while still holding it exclusively (a shared holder only when it is the last), so
+            # no lock file stays behind; a process that opened it meanwhile sees it is gone and starts over.
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _same_file(fd, path):
+                    os.unlink(path)
+            os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _fallback_check(path: Path, me: dict) -> None:

@@ -113,7 +113,8 @@ class CaptionSampler:
         for key, value in data.items():
             values = value if isinstance(value, list) else [value]
             if not values or not all(isinstance(v, str) for v in values):
-                raise DatasetError(f"caption of {key} must be a string or a non-empty list of strings")
+                where = "captions" if isinstance(captions, dict) else f"captions file {captions}"
+                raise DatasetError(f"{where}: caption of {key} must be a string or a non-empty list of strings")
             options[key] = values
         missing = [i for i in ids if i not in options]
         if missing and not allow_missing:

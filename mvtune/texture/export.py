@@ -8,10 +8,12 @@ baseColor texture, metallic 0, roughness 0.9 like the reference), ``OUT_turntabl
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +25,7 @@ from mvtune import cameras
 from mvtune.cameras import View
 from mvtune.generate.run import RECORD, VARIANT, GenerateConfig, GenerateError, ModelConfig, SamplingConfig, generate
 from mvtune.render import Renderer
-from mvtune.storage import atomic_write, sha256_file, write_json
+from mvtune.storage import FolderLockedError, atomic_write, folder_lock, sha256_file, write_json
 from mvtune.texture.bake import BakeOptions, as_render_mesh, bake_texture
 from mvtune.texture.unwrap import TextureError, UnwrapConfig, UVMesh, prepare_uv_mesh
 
@@ -61,6 +63,15 @@ class TextureConfig(BaseModel):
         return self
 
 
+#: Views larger than this are refused from their image header, before any pixel is decoded (a 164 KB PNG can
+#: claim 13000² pixels, 1.9 GB once decoded).
+MAX_VIEW_PIXELS = 4096 * 4096
+
+
+class TextureInputError(TextureError):
+    """A view image the user passed is unusable (unreadable, oversized, wrong size): the CLI exits 2."""
+
+
 def read_views(views_dir: Path, mesh_path: Path) -> tuple[list[View], list[np.ndarray], dict]:
     """The six views of a generate run folder, checked against its record and against the mesh file."""
     views_dir = Path(views_dir)
@@ -95,14 +106,18 @@ def read_views(views_dir: Path, mesh_path: Path) -> tuple[list[View], list[np.nd
             )
         path = views_dir / str(entry.get("file", ""))
         try:
-            with Image.open(path) as im:
-                image = np.asarray(im.convert("RGBA" if im.mode in ("RGBA", "LA") else "RGB"))
-        except (OSError, ValueError) as exc:
-            raise TextureError(f"{path}: cannot read view {i} ({type(exc).__name__}: {exc})") from None
-        if image.shape[:2] != (resolution, resolution):
-            raise TextureError(
-                f"{path} is {image.shape[1]}x{image.shape[0]}, the record says {resolution}x{resolution}"
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by size
+                with Image.open(path) as im:  # reads the header only; pixels are decoded by convert()
+                    width, height = im.size
+                    if (width, height) != (resolution, resolution) or width * height > MAX_VIEW_PIXELS:
+                        raise TextureInputError(
+                            f"{path} is {width}x{height}, the record says {resolution}x{resolution}"
+                            + (f" (views above {MAX_VIEW_PIXELS} pixels are refused)" if width * height > MAX_VIEW_PIXELS else "")
+                        )
+                    image = np.asarray(im.convert("RGBA" if im.mode in ("RGBA", "LA") else "RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise TextureInputError(f"{path}: cannot read view {i} ({type(exc).__name__}: {exc})") from None
         views.append(view)
         images.append(image)
     return views, images, record
@@ -189,7 +204,19 @@ def output_paths(out: Path) -> dict[str, Path]:
 
 
 def texture_mesh(cfg: TextureConfig) -> dict:
-    """Run the texture stage; returns the record written next to the GLB."""
+    """Run the texture stage; returns the record written next to the GLB. One run per output at a time: a second
+    texture run for the same OUT fails at once naming the first (its outputs would mix)."""
+    out = Path(cfg.out)
+    _check_writable(out)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(folder_lock(out.parent, f"mvtune texture --out {out}", name=f"texture-{out.stem}"))
+        except FolderLockedError as exc:
+            raise TextureError(str(exc)) from None
+        return _texture_mesh(cfg)
+
+
+def _texture_mesh(cfg: TextureConfig) -> dict:
     from mvtune.generate.conditions import load_normalized
     from mvtune.meshes import MeshError
     from mvtune.render import create_context

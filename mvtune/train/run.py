@@ -394,6 +394,8 @@ def train(
     `components` (SDXL components dict) replaces loading `model.base` (tests, benchmarks).
     """
     check_config(cfg)
+    from mvtune.data.loader import DatasetError
+
     licences = check_licences(cfg)  # before any heavy work: a refused dataset fails in a second
     if cfg.strategy == "concept-lora":
         from mvtune.train.concept_lora import resolve_steps
@@ -454,6 +456,10 @@ def train(
         if getattr(system, "_evaluator", None) is not None:
             summary["best"] = system._evaluator.best  # the step `evaluation.best_metric` liked most, in export/best/
         return run_dir
+    except DatasetError as exc:  # captions, scene lists, missing objects: the user's files, one line in the CLI
+        summary["status"] = f"failed: {exc}"
+        log.error("training failed: %s", exc)
+        raise TrainConfigError(str(exc)) from None
     except BaseException as exc:
         summary["status"] = f"failed: {type(exc).__name__}: {exc}"
         log.error("training failed: %s", exc)
