@@ -96,7 +96,11 @@ def read_views(views_dir: str | Path, background: Sequence[float] | None = None)
 
 
 def _interior(mask: np.ndarray) -> np.ndarray:
-    """Pixels whose 3x3 neighbourhood is all foreground (one-pixel erosion; image borders count as background)."""
+    """Pixels whose 3x3 neighbourhood is all foreground (one-pixel erosion; image borders count as background).
+
+    Eight shifted ANDs: 0.7 ms at 768², where scipy.ndimage.binary_erosion takes 14 ms (a sixth of the budget
+    for six views).
+    """
     out = np.zeros_like(mask)
     core = mask[1:-1, 1:-1].copy()
     for dy in (-1, 0, 1):
@@ -264,7 +268,9 @@ def error_map_picture(images: Sequence[np.ndarray], error_maps: np.ndarray) -> n
     return np.concatenate([np.concatenate(list(images), axis=1), heat_row], axis=0)
 
 
-def silhouette_iou(images: Sequence[np.ndarray], mask: np.ndarray, background: Sequence[float] | None = None) -> list[float]:
+def silhouette_iou(
+    images: Sequence[np.ndarray], mask: np.ndarray, background: Sequence[float] | None = None
+) -> list[float]:
     """Per view, IoU of the generated foreground (away from the background colour) and the mesh mask."""
     bg = np.asarray(BACKGROUND if background is None else background, dtype=np.float32) * 255.0
     out = []

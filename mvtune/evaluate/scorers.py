@@ -61,7 +61,9 @@ class ScorerSpec(BaseModel):
         if text.startswith("open_clip:"):
             _, arch, path = (text.split(":", 2) + ["", ""])[:3]
             if not arch or not path:
-                raise ScoreError(f"--clip {text!r}: expected open_clip:ARCH:CHECKPOINT, e.g. open_clip:ViT-H-14:ckpt.bin")
+                raise ScoreError(
+                    f"--clip {text!r}: expected open_clip:ARCH:CHECKPOINT, e.g. open_clip:ViT-H-14:ckpt.bin"
+                )
             return cls(name=name, kind="open_clip", arch=arch, path=Path(path))
         if not text:
             raise ScoreError("--clip needs a path: a transformers CLIP folder or open_clip:ARCH:CHECKPOINT")
