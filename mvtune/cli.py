@@ -1081,12 +1081,11 @@ def _run_demo(out_dir, base_model, adapter, device, render_resolution, train_res
                 "texture_size": texture_size}
     summary_path = write_demo_summary(out_dir, held_out=held_out, metrics=metrics, timings=timings,
                                       outputs={**outputs, "summary": out_dir / "demo_summary.json"}, settings=settings)
-    table = Table(title=f"mvtune demo outputs ({out_dir})", show_header=False)
-    for label, path in outputs.items():
+    # Lines, not a table: a narrow terminal would cut the paths a user is meant to copy.
+    console.print(f"[bold]outputs[/] in {out_dir}:")
+    for label, path in {**outputs, "summary (metrics, timings, paths)": summary_path}.items():
         if path is not None:
-            table.add_row(label, str(path))
-    table.add_row("summary (metrics, timings, paths)", str(summary_path))
-    console.print(table)
+            console.print(f"  {label + ':':<52} {path}")
     if base_model == "tiny":
         console.print("[yellow]note[/]: the tiny model has random weights, so its views and texture are noise; that is "
                       "what a random tiny model produces. Use --base-model with a real SDXL folder for real images.")
