@@ -477,14 +477,18 @@ def dataset_cache(
 ) -> None:
     """Precompute the loader's tensors at training resolution (rebuilt when files or resolution change)."""
     from mvtune.data.cache import build_cache
+    from mvtune.data.loader import DatasetError
 
     _check_variant(variant)
-    with _progress() as progress:
-        task = progress.add_task("cache", total=None, item="")
-        result = build_cache(
-            root, cache_dir, scene_list, variant, resolution, resolution,
-            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
-        )
+    try:
+        with _progress() as progress:
+            task = progress.add_task("cache", total=None, item="")
+            result = build_cache(
+                root, cache_dir, scene_list, variant, resolution, resolution,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+    except DatasetError as exc:  # a scene list or captions that cannot be used, another build of this cache
+        _fail(str(exc))
     console.print(f"cached {result['cached']} objects in {cache_dir}, {result['failed']} failed")
     for entry in result["errors"][:20]:
         console.print(f"  [red]{entry['id']}[/]: {entry['reason']}")

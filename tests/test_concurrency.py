@@ -199,3 +199,19 @@ def test_sigterm_or_sigint_stops_the_workers_and_the_run(meshes_dir, tmp_path, s
     # nothing half-written under a final name: whatever is there is complete, the rest is redone
     for marker in out.glob("*/*/" + DONE_MARKER):
         assert not marker.parent.name.startswith(".")
+
+
+def test_cache_and_generate_batch_refuse_a_second_writer(tmp_path):
+    from mvtune.data.cache import build_cache
+    from mvtune.data.loader import DatasetError
+    from mvtune.generate import BatchConfig, GenerateError, generate_batch
+
+    with folder_lock(tmp_path / "cache", "another cache build"):
+        with pytest.raises(DatasetError, match="another cache build"):
+            build_cache(tmp_path / "ds", tmp_path / "cache", height=32, width=32)  # refused before reading it
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"mesh": "m.glb", "prompt": "a duck"}) + "\n")
+    cfg = BatchConfig(items=rows, out_dir=tmp_path / "gen", models={"base_model": tmp_path / "none"})
+    with folder_lock(tmp_path / "gen", "another batch"):
+        with pytest.raises(GenerateError, match="another batch"):
+            generate_batch(cfg)

@@ -80,11 +80,23 @@ def build_cache(
 ) -> dict:
     """Fill the cache for every object of a dataset ahead of training; returns counts and the failures.
 
-    Objects already cached with the same files and settings are only checked, so a rerun is cheap.
+    Objects already cached with the same files and settings are only checked, so a rerun is cheap. One build
+    per cache folder at a time (DatasetError naming the holder); training readers may fill it meanwhile (every
+    file is written atomically).
     """
+    from mvtune.data.loader import DatasetError, MultiviewDataset
+    from mvtune.storage import FolderLockedError, folder_lock
+
+    try:
+        with folder_lock(cache_dir, f"mvtune dataset cache {root}"):
+            return _build_cache(Path(root), cache_dir, scene_list, variant, height, width, on_progress)
+    except FolderLockedError as exc:
+        raise DatasetError(str(exc)) from None
+
+
+def _build_cache(root: Path, cache_dir, scene_list, variant: str, height: int, width: int, on_progress) -> dict:
     from mvtune.data.loader import MultiviewDataset
 
-    root = Path(root)
     dataset = MultiviewDataset(
         root, scene_list or root / "scene_list.json", variant=variant, height=height, width=width,
         cache_dir=cache_dir, allow_missing_captions=True,

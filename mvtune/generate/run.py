@@ -15,6 +15,7 @@ failures in ``errors.jsonl`` and keeps going.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -33,7 +34,7 @@ from mvtune import __version__
 from mvtune.generate.conditions import ConditionMaps, condition_maps, load_normalized
 from mvtune.meshes import Mesh
 from mvtune.models import DEFAULT_NEGATIVE_PROMPT
-from mvtune.storage import atomic_write, sha256_file, write_json
+from mvtune.storage import FolderLockedError, atomic_write, folder_lock, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -439,7 +440,20 @@ def _is_done(out: Path, settings: dict, mesh: Path) -> bool:
 
 
 def generate_batch(cfg: BatchConfig, pipeline=None) -> dict:
-    """Generate every row into `out_dir/<id>/`; returns (and writes) the batch summary."""
+    """Generate every row into `out_dir/<id>/`; returns (and writes) the batch summary. One batch per output
+    folder at a time: a second fails at once naming the first (their rows and summaries would mix)."""
+    read_items(cfg.items)  # a bad list is refused before the output folder exists
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(folder_lock(cfg.out_dir, f"mvtune generate --batch {cfg.items}"))
+        except FolderLockedError as exc:
+            raise GenerateError(str(exc)) from None
+        except OSError as exc:
+            raise GenerateError(f"cannot create output folder {cfg.out_dir}: {exc}") from exc
+        return _generate_batch(cfg, pipeline)
+
+
+def _generate_batch(cfg: BatchConfig, pipeline=None) -> dict:
     from mvtune.render import Renderer
 
     start = time.perf_counter()
