@@ -69,9 +69,10 @@ def test_hunyuan21_checkout_layout(tmp_path, tiny_base, monkeypatch):
     shutil.copytree(STANDIN / "Hunyuan3D-2.1", repo)
     (repo / "hy3dpaint" / "ckpt").mkdir()
     (repo / "hy3dpaint" / "ckpt" / "RealESRGAN_x4plus.pth").write_bytes(b"stand-in")
-    weights = _weights(tmp_path, "tencent/Hunyuan3D-2.1", ("hunyuan3d-dit-v2-1", "hunyuan3d-paintpbr-v2-1"))
-    cfg = _config(tmp_path, "hunyuan3d-2.1", {"base_model": str(tiny_base), "weights": str(weights),
-                                              "repo": str(repo), **FAST}, count=1)
+    _weights(tmp_path, "tencent/Hunyuan3D-2.1", ("hunyuan3d-dit-v2-1", "hunyuan3d-paintpbr-v2-1"))
+    monkeypatch.chdir(tmp_path)  # relative folders must survive the worker's move into the checkout
+    cfg = _config(tmp_path, "hunyuan3d-2.1", {"base_model": str(tiny_base), "weights": "weights",
+                                              "repo": "Hunyuan3D-2.1", **FAST}, count=1)
     summary = generate_meshes(cfg)
     assert summary["generated"] == 1, summary["errors"]
     item = tmp_path / "out" / "firefighter-0000"

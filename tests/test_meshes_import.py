@@ -68,7 +68,8 @@ def test_objaverse_licences_names_duplicates_and_errors(objaverse_cache, tmp_pat
 def test_meshy_exports_glb_and_obj(tmp_path):
     exports = tmp_path / "meshy"
     _glb(exports / "fire_duck.glb", themed_scene(design_duck("firefighter", 7)))
-    (exports / "fire_duck.json").write_text(json.dumps({"id": "018f-task", "prompt": "a firefighter duck", "art_style": "realistic"}))
+    task = {"id": "018f-task", "prompt": "a firefighter duck", "art_style": "realistic"}
+    (exports / "fire_duck.json").write_text(json.dumps(task))
     obj_dir = exports / "obj_export"
     obj_dir.mkdir()
     trimesh.load(_glb(tmp_path / "src.glb", themed_scene(design_duck("astronaut", 3))), force="mesh").export(

@@ -108,11 +108,17 @@ class HunyuanOptions(BaseModel):
 
 class _Runner:
     def __init__(self, variant: Variant, options: HunyuanOptions, device: str):
+        # Absolute paths first: 2.1 changes the working directory below.
+        options = options.model_copy(update={
+            "base_model": options.base_model.resolve(), "weights": options.weights_root().resolve(),
+            "repo": options.repo.resolve() if options.repo else None,
+            "realesrgan": _realesrgan(options).resolve() if variant.name == "hunyuan3d-2.1" else None,
+        })
         self.variant, self.options, self.device = variant, options, device
         os.environ["HF_HUB_OFFLINE"] = "1"  # a missing file must fail here, never start a download
         os.environ["HY3DGEN_MODELS"] = str(options.weights_root())
         if variant.name == "hunyuan3d-2.1":
-            repo = options.repo.resolve()
+            repo = options.repo
             sys.path[:0] = [str(repo / "hy3dshape"), str(repo / "hy3dpaint"), str(repo)]
             os.chdir(repo)  # 2.1 reads its configs relative to the checkout
         elif options.repo is not None:

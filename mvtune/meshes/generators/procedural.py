@@ -1,8 +1,8 @@
 """The built-in procedural backend: themed ducks from `mvtune.meshes.procedural`, CPU only, licence-clean (CC0).
 
 The prompt row chooses the kit (its concept) and steers colours and parts (its attribute phrases and the phrases
-of its prompt); the item seed draws the rest. The caption is not the prompt: it states exactly what the mesh shows, and the visible attributes are
-recorded in the provenance as ground truth for attribute probes.
+of its prompt); the item seed draws the rest. The caption is not the prompt: it states exactly what the mesh
+shows, and the visible attributes are recorded in the provenance as ground truth for attribute probes.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Run a mesh generator over prompt rows: one folder per item, resumable, sharded, each item under a timeout.
 
 ``DIR/<id>/mesh.glb`` + ``mesh.txt`` (caption) + ``mesh.json`` (provenance, written last: it is the done marker
-and lists the other files with their sizes). Workers write into ``DIR/.staging/<id>/``; an item is moved into
-place only after its output passed :func:`~mvtune.meshes.generators.base.check_output`. A rerun skips finished
+and lists the other files with their sizes). Workers write into ``DIR/.staging[.shard-i-of-n]/<id>/``; an item
+is moved into place only after its output passed :func:`~mvtune.meshes.generators.base.check_output`. A rerun skips finished
 items, a timed-out item kills its worker (a fresh one takes over), and every failure lands in ``errors.jsonl``.
 """
 
@@ -108,6 +108,10 @@ class _Worker:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
         env = dict(os.environ)
         device = self.device
         if device.startswith("cuda:"):
@@ -126,6 +130,8 @@ class _Worker:
             )
         finally:
             log.close()
+
+    def wait_ready(self) -> None:
         reply = self._read(self.load_timeout)
         if reply is None:
             self.kill()
@@ -200,8 +206,9 @@ def generate_meshes(
     backend.preflight(options)
     described = backend.describe(options)
 
-    out = Path(cfg.out_dir)
-    staging = out / STAGING
+    out = Path(cfg.out_dir).resolve()  # workers may change their working directory
+    staging = out / f"{STAGING}{_suffix(shard)}"  # per shard: shards of one array share the output folder
+    shutil.rmtree(staging, ignore_errors=True)  # an interrupted run's leftovers
     try:
         (out / "logs").mkdir(parents=True, exist_ok=True)
         staging.mkdir(exist_ok=True)
@@ -236,8 +243,10 @@ def generate_meshes(
             for k, device in enumerate(cfg.devices)
         ]
         try:
+            for worker in workers:  # all load their models at once; one that cannot load stops the run here
+                worker.spawn()
             for worker in workers:
-                worker.start()  # a backend that cannot load stops the run here, before any item
+                worker.wait_ready()
 
             def finish(row: dict, entry: dict | None) -> None:
                 nonlocal done, generated
@@ -256,7 +265,11 @@ def generate_meshes(
                         row = pending.get_nowait()
                     except queue.Empty:
                         return
-                    entry = _make_item(cfg, backend, licence, described, worker, row, guarded[row["id"]], out)
+                    try:
+                        entry = _make_item(cfg, licence, described, worker, row, guarded[row["id"]], staging, out)
+                    except Exception as exc:  # e.g. a full disk while placing the files: this item fails, not the run
+                        entry = {"id": row["id"], "prompt": row["prompt"], "stage": "write",
+                                 "reason": f"{type(exc).__name__}: {exc}"}
                     finish(row, entry)
                     if not worker.alive():
                         try:
@@ -302,11 +315,14 @@ def _guard(row: dict, extra_terms: list[str]) -> str | None:
         raise GeneratorError(str(exc)) from None
 
 
-def _make_item(cfg, backend, licence, described, worker: _Worker, row: dict, override, out: Path) -> dict | None:
+def _make_item(
+    cfg: GenerateMeshesConfig, licence: str, described: dict, worker: _Worker, row: dict, override: str | None,
+    staging: Path, out: Path,
+) -> dict | None:
     """Run one item on ``worker`` and move it into place; returns None on success, else its errors.jsonl entry."""
     item = row["id"]
     seed = item_seed(cfg.seed, row)
-    stage_dir = out / STAGING / item
+    stage_dir = staging / item
     shutil.rmtree(stage_dir, ignore_errors=True)
     stage_dir.mkdir(parents=True)
     entry = {"id": item, "prompt": row["prompt"], "seed": seed}
@@ -325,11 +341,14 @@ def _make_item(cfg, backend, licence, described, worker: _Worker, row: dict, ove
         if not caption:
             raise GeneratorError(f"the {cfg.backend} backend returned an empty caption")
         extra_files = [str(name) for name in reply.get("files", [])]
-        _place(out / item, stage_dir, caption, extra_files, {
-            "id": item, "backend": cfg.backend, **described, "generator": f"{cfg.backend}: {described['model']} {described['version']}", "licence": licence, "concept": row.get("concept"),
+        # The backend's own fields first: it cannot overwrite the licence, seed or prompt recorded here.
+        _place(out / item, stage_dir, caption, extra_files, dict(reply.get("provenance") or {}) | {
+            "id": item, "backend": cfg.backend, **described,
+            "generator": f"{cfg.backend}: {described['model']} {described['version']}",
+            "licence": licence, "concept": row.get("concept"),
             "subject": row.get("subject"), "prompt": row["prompt"], "prompt_row": row, "seed": seed,
             "override": override, "caption": caption, "output": stats,
-            "seconds": round(time.perf_counter() - started, 3), **dict(reply.get("provenance") or {}),
+            "seconds": round(time.perf_counter() - started, 3),
         })
     except GeneratorError as exc:
         return entry | {"stage": "check", "reason": str(exc)}
