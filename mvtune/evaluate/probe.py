@@ -15,6 +15,7 @@ its absolute level depends on the backbone and the prompt length.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mvtune.evaluate.report import ASSETS, _esc, _num, comparison_grid, fmt
-from mvtune.evaluate.run import evaluate_suite
+from mvtune.evaluate.run import CELLS, evaluate_suite
 from mvtune.evaluate.suite import GENERIC, Suite, scorer_names
 from mvtune.storage import atomic_write, write_json
 
@@ -108,10 +109,6 @@ def run_probe(suite: Suite, out_dir: Path, thresholds: Thresholds = Thresholds()
 
 
 def _records(out: Path) -> list[dict]:
-    import json
-
-    from mvtune.evaluate.run import CELLS
-
     return [json.loads(line) for line in (out / CELLS).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
