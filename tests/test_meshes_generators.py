@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,3 +192,17 @@ def test_cli_generate_and_import(tmp_path, cli):
     (record_path,) = (tmp_path / "i").glob("*/mesh.json")
     record = json.loads(record_path.read_text())
     assert record["licence"] == "CC0-1.0" and record["source"] == "mine"
+
+
+@pytest.mark.gl
+def test_generated_folder_renders_with_its_provenance(generated, tmp_path):
+    from mvtune.render.dataset import RenderConfig, render_dataset
+
+    tmp, rows, _ = generated
+    summary = render_dataset(RenderConfig(input=tmp / "out", out_dir=tmp_path / "ds", resolution=32, layout="0:0"))
+    assert summary.failed == 0 and summary.rendered == len(rows) - 2
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())["objects"]
+    by_source = {Path(entry["source"]).parent.name: entry for entry in manifest.values()}
+    entry = by_source[rows[0]["id"]]
+    assert entry["licence"] == "CC0-1.0" and entry["concept"] == "firefighter"
+    assert entry["caption"] == (tmp / "out" / rows[0]["id"] / "mesh.txt").read_text().strip()

@@ -1,5 +1,6 @@
 """Hunyuan3D backends against stand-in packages (tests/hunyuan_standin): the real orchestration, worker, timeout,
-resume, output checks and provenance, with the tiny SDXL drawing the reference images."""
+output checks and provenance, with the tiny SDXL drawing the reference images (resume is backend-independent and
+tested with the procedural backend)."""
 
 import json
 import shutil
@@ -33,7 +34,7 @@ def _config(tmp_path, backend, options, **kwargs):
                                 options=options, **kwargs)
 
 
-def test_hunyuan2_timeout_broken_output_resume_and_provenance(tmp_path, tiny_base, monkeypatch):
+def test_hunyuan2_timeout_broken_output_and_provenance(tmp_path, tiny_base, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(STANDIN))
     (tmp_path / "hang").write_text("")
     (tmp_path / "break").write_text("nan")
@@ -57,9 +58,7 @@ def test_hunyuan2_timeout_broken_output_resume_and_provenance(tmp_path, tiny_bas
     assert (item / "mesh.txt").read_text() == "a firefighter duck number 2\n"
     assert set(record["files"]) == {"mesh.glb", "mesh.txt", "reference.png"}
     assert load_mesh(item / "mesh.glb").parts[0].texture is not None
-    again = generate_meshes(cfg)  # the hooks are spent: the two failed items now succeed, the rest is skipped
-    assert (again["skipped"], again["generated"], again["failed"]) == (2, 2, 0)
-    assert (tmp_path / "out" / "errors.jsonl").read_text() == ""
+    assert not (tmp_path / "out" / "firefighter-0000").exists() and not (tmp_path / "out" / "firefighter-0001").exists()
 
 
 @pytest.mark.slow
