@@ -70,7 +70,7 @@ def test_rerun_skips_done_objects_and_settings_change_rerenders(meshes_dir, tmp_
     again = render_dataset(RenderConfig(input=meshes_dir, out_dir=out, resolution=RES))
     assert (again.rendered, again.skipped) == (0, 3)
     assert tree_digest(out) == before
-    changed = render_dataset(RenderConfig(input=meshes_dir, out_dir=out, resolution=RES + 16))
+    changed = render_dataset(RenderConfig(input=meshes_dir, out_dir=out, resolution=RES + 16), force=True)
     assert changed.rendered == 3
     from PIL import Image
 
@@ -157,7 +157,7 @@ def test_failed_rerender_does_not_list_the_stale_render(meshes_dir, tmp_path):
     assert broken.stem not in ids and len(ids) == 1
     assert broken.stem not in json.loads((out / "manifest.json").read_text())["objects"]
     # a settings change whose re-render fails must not leave the old settings' files listed either
-    summary = render_dataset(RenderConfig(input=src, out_dir=out, resolution=RES + 16, max_texture_pixels=1))
+    summary = render_dataset(RenderConfig(input=src, out_dir=out, resolution=RES + 16, max_texture_pixels=1), force=True)
     assert json.loads((out / "scene_list.json").read_text()) == []
 
 
@@ -179,9 +179,9 @@ def test_kill_while_clearing_an_outdated_object_is_not_taken_for_done(meshes_dir
     # a run with another setting is killed while clearing the first object, then the user goes back
     monkeypatch.setattr(dataset.shutil, "rmtree", killed_rmtree)
     with pytest.raises(KeyboardInterrupt):
-        render_dataset(RenderConfig(input=meshes_dir, out_dir=out, resolution=RES + 16))
+        render_dataset(RenderConfig(input=meshes_dir, out_dir=out, resolution=RES + 16), force=True)
     monkeypatch.undo()
-    summary = render_dataset(RenderConfig(input=meshes_dir, out_dir=out, resolution=RES))
+    summary = render_dataset(RenderConfig(input=meshes_dir, out_dir=out, resolution=RES), force=True)
     assert (summary.rendered, summary.skipped) == (1, 2)
     assert tree_digest(out) == tree_digest(reference)
 
