@@ -62,15 +62,21 @@ def _objaverse_objects(root: Path) -> list[dict]:
             f"{root} is not an objaverse cache: no glbs/ folder (expected ~/.objaverse or ~/.objaverse/hf-objaverse-v1, "
             "filled by objaverse.load_objects)"
         )
+    glbs = sorted((base / "glbs").glob("*/*.glb"))
     annotations: dict[str, dict] = {}
-    for gz in sorted((base / "metadata").glob("*.json.gz")):
+    # Only the groups that hold downloaded objects, and only their entries: the full metadata is ~800k objects.
+    for group in sorted({glb.parent.name for glb in glbs}):
+        gz = base / "metadata" / f"{group}.json.gz"
+        if not gz.is_file():
+            continue
         try:
             with gzip.open(gz, "rt", encoding="utf-8") as f:
-                annotations.update(json.load(f))
+                notes = json.load(f)
         except (OSError, ValueError) as exc:
             raise MeshImportError(f"objaverse annotations {gz} cannot be read: {exc}") from None
+        annotations.update({g.stem: notes[g.stem] for g in glbs if g.parent.name == group and g.stem in notes})
     objects = []
-    for glb in sorted((base / "glbs").glob("*/*.glb")):
+    for glb in glbs:
         note = annotations.get(glb.stem) or {}
         raw = note.get("license")
         if isinstance(raw, dict):  # some dumps keep Sketchfab's licence object
@@ -80,7 +86,6 @@ def _objaverse_objects(root: Path) -> list[dict]:
             "id": glb.stem, "file": glb, "name": note.get("name"), "original_licence": raw,
             "author": user.get("username"), "url": note.get("viewerUrl"),
             "tags": [t.get("name") for t in note.get("tags", []) if isinstance(t, dict)],
-            "annotated": bool(note),
         })
     return objects
 
