@@ -990,11 +990,13 @@ def _run_demo(out_dir, base_model, adapter, device, render_resolution, train_res
     import numpy as np
     from PIL import Image
 
-    from mvtune.data.splits import split_dataset
-    from mvtune.data.validate import read_scene_list, validate_dataset
+    from mvtune.data.validate import read_scene_list
     from mvtune.demo import write_demo_summary
-    from mvtune.meshes import write_sample_meshes
-    from mvtune.render.dataset import RenderConfig, render_dataset
+    from mvtune.pipeline.demo import demo_experiment
+    from mvtune.pipeline.experiment import ExperimentError, check_experiment
+    from mvtune.pipeline.local import run_local
+    from mvtune.pipeline.stages import EVALUATE, REPORT, train_run_dir
+    from mvtune.train.run import demo_sample
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -1004,48 +1006,62 @@ def _run_demo(out_dir, base_model, adapter, device, render_resolution, train_res
         timings[stage] = time.perf_counter() - clock
         clock = time.perf_counter()
 
-    meshes_dir, data_dir = out_dir / "meshes", out_dir / "dataset"
-    paths = write_sample_meshes(meshes_dir)
-    lap("meshes")
-    console.print(f"[bold]1/7[/] wrote {len(paths)} built-in sample meshes to {meshes_dir}")
-    with _LazyProgress("render") as progress:
-        summary = render_dataset(RenderConfig(input=meshes_dir, out_dir=data_dir, resolution=render_resolution),
-                                 on_progress=progress.update, force=True)  # the demo's own folder: its settings
-    lap("render")
-    if summary.failed:
-        _fail(f"{summary.failed} meshes failed to render, see {data_dir / 'errors.jsonl'}", code=1)
-    console.print(f"[bold]2/7[/] rendered {summary.total} objects (ortho10) into {data_dir}")
-    split = split_dataset(data_dir, val=0.2, test=0.2, seed=0)
-    lap("split")
-    console.print(f"[bold]3/7[/] split by source mesh: {split['objects']}")
-    with _LazyProgress("validate") as progress:
-        result = validate_dataset(data_dir, "tg2mv", on_progress=progress.update)
-    lap("validate")
-    report = data_dir / "validation_report.json"
-    _report(result, report)
-    if not result.ok:
-        _fail("the demo dataset did not validate", code=1)
-    console.print("[bold]4/7[/] validated (view layout, normals frame, files, captions, no split leakage)")
-
-    from mvtune.train.run import demo_sample, demo_training
-
-    console.print(f"[bold]5/7[/] training the adapter for {steps} steps on {base_model} ({device}) ...")
+    # The demo is the built-in experiment run by the local executor, its stages in this process (their progress
+    # bars on this console); then a held-out mesh is sampled and textured with the trained adapter.
     warnings.filterwarnings("ignore", message=".*`srun` command is available on your system")  # the demo is no Slurm job
-    run_dir = demo_training(
-        data_dir, out_dir / "runs", steps=steps, resolution=train_resolution,
-        base=base_model, adapter=adapter, accelerator=device,
-    )
-    lap("train")
+    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(1)  # the tiny model's ops are too small to split (see demo_training)
+    exp = demo_experiment(out_dir, base_model, adapter, device, render_resolution, train_resolution, steps)
+    try:
+        check_experiment(exp)
+    except ExperimentError as exc:
+        _fail(str(exc))
+    what = {
+        "meshes": "wrote the built-in sample meshes", "render": f"rendered them (ortho10, {render_resolution} px)",
+        "split": "split by source mesh", "validate": "validated (view layout, normals frame, files, captions, no "
+        "split leakage)", "train": f"trained the adapter for {steps} steps on {base_model} ({device})",
+        "evaluate": "evaluated the fine-tune against its base", "report": "wrote the experiment report",
+    }
+    number = {stage: k for k, stage in enumerate(what, start=1)}
+    total = len(what) + 2  # + the held-out sampling and the texture
+
+    data_dir, run_dir = exp.dir / "dataset", train_run_dir(exp)
+    report = data_dir / "validation_report.json"
+
+    def final_losses() -> None:
+        run = json.loads((run_dir / "summary.json").read_text())
+        losses = {k: run.get("metrics", {}).get(k) for k in ("train/loss", "val/loss")}
+        console.print("      final " + ", ".join(
+            f"{k} {v:.4f}" if v is not None else f"{k} n/a" for k, v in losses.items()
+        ) + f" after {run.get('global_step')} steps ({timings['train'] / max(1, run.get('global_step') or 1):.2f} s/step)")
+
+    def on_step(stage: str, shard, event: str) -> None:
+        if event == "start":
+            lap(f"{stage} (start)")
+            if stage == "train":
+                console.print(f"[bold]{number[stage]}/{total}[/] training the adapter for {steps} steps ...")
+        elif event in ("done", "skip"):
+            lap(stage)
+            console.print(f"[bold]{number[stage]}/{total}[/] {what[stage]}" + (" (already done)" if event == "skip" else ""))
+            if stage == "train":
+                final_losses()
+        else:
+            console.print(f"[red]{stage}[/]: {event}")
+
+    if run_local(exp, on_step, runner=_run_in_process) != 0:
+        _fail(f"the demo stopped; `mvtune pipeline status {exp.dir}` names the stage and its log", code=1)
+    for key in [k for k in timings if k.endswith(" (start)")]:
+        timings.pop(key)
+    clock = time.perf_counter()
     run = json.loads((run_dir / "summary.json").read_text())
     losses = {k: run.get("metrics", {}).get(k) for k in ("train/loss", "val/loss")}
-    console.print("      final " + ", ".join(
-        f"{k} {v:.4f}" if v is not None else f"{k} n/a" for k, v in losses.items()
-    ) + f" after {run.get('global_step')} steps ({timings['train'] / max(1, run.get('global_step') or 1):.2f} s/step)")
     held_out = read_scene_list(data_dir / "split_test.json")[0]
     with _LazyProgress("sample held-out views") as progress:
         grid = demo_sample(run_dir, data_dir, object_id=held_out, on_step=progress.update)
     lap("sample")
-    console.print(f"[bold]6/7[/] sampled 6 views of held-out mesh {held_out}")
+    console.print(f"[bold]{total - 1}/{total}[/] sampled 6 views of held-out mesh {held_out}")
 
     from mvtune.generate import write_views
     from mvtune.texture import BakeOptions, TextureConfig, texture_mesh
@@ -1063,7 +1079,7 @@ def _run_demo(out_dir, base_model, adapter, device, render_resolution, train_res
     glb.parent.mkdir(parents=True, exist_ok=True)
     record = texture_mesh(TextureConfig(mesh=source, views=views_dir, out=glb, bake=BakeOptions(texture_size=texture_size)))
     lap("texture")
-    console.print(f"[bold]7/7[/] textured {glb} ({record['bake']['texel_coverage']:.0%} of texels seen by a view)")
+    console.print(f"[bold]{total}/{total}[/] textured {glb} ({record['bake']['texel_coverage']:.0%} of texels seen by a view)")
 
     samples = sorted((run_dir / "samples").glob("step_*.png"))
     outputs = {
@@ -1076,6 +1092,8 @@ def _run_demo(out_dir, base_model, adapter, device, render_resolution, train_res
         "adapter": next(iter(run.get("exports", {}).values()), None),
         "run folder": run_dir,
         "texture record": glb.with_suffix(".json"),
+        "evaluation report (base vs fine-tune)": exp.dir / EVALUATE / "report.html",
+        "experiment report": exp.dir / REPORT / "index.html",
     }
     metrics = {**losses, "steps": run.get("global_step"),
                "steps_per_s": round((run.get("global_step") or 0) / timings["train"], 3),
@@ -1111,6 +1129,28 @@ def _experiment_folder(exp_dir: Path):
         return load_folder(exp_dir)
     except ExperimentError as exc:
         _fail(str(exc), code=EXIT_USAGE)
+
+
+def _run_in_process(argv: list[str], log: Path, workdir: Path) -> int:
+    """Run one stage's `mvtune ...` command in this process, so its progress bars show on this console (the
+    demo); what the console printed is also appended to the stage's log. Returns the command's exit code."""
+    import click
+
+    args = argv[argv.index("mvtune.cli") + 1:]
+    console.record = True
+    try:
+        code = app(args, prog_name="mvtune", standalone_mode=False) or 0
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    finally:
+        text = console.export_text(clear=True)
+        console.record = False
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(text)
+    return code
 
 
 @pipeline_app.command("run")

@@ -111,6 +111,21 @@ def test_sharded_render_chain_runs_to_done_and_a_rerun_submits_nothing(cluster, 
           + ", ".join(f"{s['rendered']} objects in {s['seconds']:.1f} s" for s in shards))
 
 
+def test_cancel_stops_the_queued_chain_and_status_says_so(cluster, tmp_path):
+    path = _experiment(tmp_path, slurm={"defaults": {"time": "10:00", "cpus": 1}, "meshes": {"extra": ["--hold"]}})
+    exp_dir = tmp_path / "exp"
+    proc = _pipeline(cluster, "run", path, "--executor", "slurm", cwd=tmp_path)  # meshes held: nothing starts
+    assert proc.returncode == 0, proc.stderr
+    cluster.jobs += [line.split()[2] for line in proc.stdout.splitlines() if ": job " in line]
+    code, rows = _status(cluster, exp_dir)
+    assert code == 3 and {r["state"] for r in rows} == {"PENDING"}, rows
+    cancelled = _pipeline(cluster, "cancel", exp_dir, cwd=tmp_path)
+    assert cancelled.returncode == 0 and "cancelled 8 jobs" in cancelled.stderr, cancelled.stderr  # 3 array tasks
+    code, rows = _wait(cluster, exp_dir, 60)
+    assert code == 1 and {r["state"] for r in rows} == {"CANCELLED"}, rows
+    assert _pipeline(cluster, "cancel", exp_dir, cwd=tmp_path).stderr.strip() == "no queued or running jobs"
+
+
 @pytest.mark.slow
 def test_a_failing_shard_cancels_dependants_and_a_rerun_resubmits_only_it(cluster, tmp_path):
     path = _experiment(tmp_path)
