@@ -134,8 +134,9 @@ def test_bad_lora_files_are_refused_with_the_file_named(tmp_path, tiny_base):
         ModelConfig(base_model=tiny_base, lora=str(mv))  # the old single-LoRA field is gone
 
 
-def test_cli_lora_options_pair_up(tmp_path, tiny_base, cli):
+def test_cli_lora_options_pair_up(tmp_path, tiny_base, cli, sample_meshes_dir):
     a = random_lora(tmp_path / "a.safetensors", seed=1, text_encoders=False)
-    result = cli("generate", "--out", tmp_path / "o", "--base-model", tiny_base, "--mesh", tmp_path / "m.glb",
+    mesh = sample_meshes_dir / "duck_yellow.glb"
+    result = cli("generate", "--out", tmp_path / "o", "--base-model", tiny_base, "--mesh", mesh,
                  "--prompt", "a duck", "--lora", a, "--lora", a, "--lora-scale", "0.5", expect=2)
     assert "one --lora-scale per --lora" in result.stdout + result.stderr
