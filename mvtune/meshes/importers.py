@@ -90,7 +90,7 @@ def _objaverse_objects(root: Path) -> list[dict]:
     return objects
 
 
-def _folder_objects(root: Path, source: str) -> list[dict]:
+def _folder_objects(root: Path) -> list[dict]:
     """Every mesh under root; a Meshy task JSON or a ``<mesh>.txt`` caption beside a file is used when present."""
     if not root.is_dir():
         raise MeshImportError(f"import folder {root} does not exist")
@@ -142,7 +142,7 @@ def import_meshes(
     if fallback is None and source != "objaverse":
         raise MeshImportError(f"--licence is required for --source {source} (e.g. CC-BY-4.0 for Meshy free-plan "
                               "exports); only objaverse objects carry their own")
-    objects = _objaverse_objects(input_dir) if source == "objaverse" else _folder_objects(input_dir, source)
+    objects = _objaverse_objects(input_dir) if source == "objaverse" else _folder_objects(input_dir)
     if not objects:
         raise MeshImportError(f"no meshes ({', '.join(SUPPORTED_EXTENSIONS)}) found under {input_dir}")
     try:

@@ -22,7 +22,7 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mvtune.meshes.generators import BACKENDS, get_backend
+from mvtune.meshes.generators import get_backend
 from mvtune.meshes.generators.base import (
     CAPTION_FILE,
     ITEM_ID,
