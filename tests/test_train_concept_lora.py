@@ -245,3 +245,14 @@ def test_config_refuses_multiview_settings_and_names_the_keys(concept_images, tm
 
     with pytest.raises(TrainConfigError, match="x.png: not a readable image"):
         check_config(concept_config(concept_images.parent / "bad", tmp_path))
+
+
+def test_cli_lists_the_problems_of_a_concept_config(concept_images, tmp_path, cli):
+    config = tmp_path / "concept.yaml"
+    config.write_text(
+        f"strategy: concept-lora\ndata: {{kind: images, root: {concept_images}, height: 64, width: 64}}\n"
+        "model: {base: tiny, variant: t2mv}\nprior: {generate: 4}\n"
+    )
+    result = cli("train", config, expect=2)
+    output = result.stdout + result.stderr
+    assert "model.variant is a multi-view setting" in output and "prior.generate needs prior.class_prompt" in output
