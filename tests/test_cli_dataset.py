@@ -92,12 +92,12 @@ def test_render_settings_record_the_colour_rules():
 
 
 def test_validate_refuses_a_folder_that_is_not_a_dataset(tmp_path, cli):
-    folder = tmp_path / "photos"
+    folder = tmp_path / "downloads"  # (a folder of images is an image dataset for concept LoRAs)
     folder.mkdir()
-    (folder / "holiday.jpg").write_bytes(b"not a dataset")
+    (folder / "notes.pdf").write_bytes(b"not a dataset")
     out = cli("dataset", "validate", folder, expect=2)
     assert "is not a dataset" in out.stderr and "━" not in out.stderr  # no empty progress bar before the error
-    assert sorted(p.name for p in folder.iterdir()) == ["holiday.jpg"]  # no report written into it
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.pdf"]  # no report written into it
 
 
 def test_render_with_other_settings_needs_force_and_no_op_reruns_show_no_bar(tmp_path, cli):
