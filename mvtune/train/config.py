@@ -295,6 +295,9 @@ def concept_lora_problems(cfg: "TrainConfig") -> list[str]:
         problems.append("train_cond_encoder is a multi-view setting; strategy concept-lora trains no cond encoder")
     if cfg.validation.early_stopping_patience:
         problems.append("validation.early_stopping_patience needs a validation loss; concept-lora validates with sample grids")
+    if cfg.evaluation.enabled:
+        problems.append("evaluation.enabled scores multi-view validations; compare a concept LoRA with `mvtune evaluate` "
+                        "(a model entry with loras: [...])")
     if cfg.data.images.buckets and cfg.data.height % 64:
         problems.append(f"data.height {cfg.data.height} must be a multiple of 64 for aspect-ratio buckets (or data.images.buckets=false)")
     if cfg.prior.generate is not None and not cfg.prior.class_prompt:
