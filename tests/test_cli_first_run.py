@@ -48,3 +48,11 @@ def test_tiny_model_refuses_an_unwritable_target_before_building(tmp_path, cli):
     blocker.write_text("x")
     bad = cli("tiny-model", blocker / "sdxl", expect=2)
     assert "tiny-model target" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_help_texts_say_what_the_commands_do(cli):
+    demo = " ".join(cli("demo", "--help").stdout.split())
+    stages = ["render", "split", "validate", "train", "sample", "textured GLB"]
+    assert [demo.index(s) for s in stages] == sorted(demo.index(s) for s in stages), demo[:300]
+    assert "31 MB" in " ".join(cli("tiny-model", "--help").stdout.split())
+    assert "run folder" in " ".join(cli("train", "--help").stdout.split())  # --resume takes one, as docs say
