@@ -81,7 +81,8 @@ def rows_json(rows: list[ShardStatus]) -> list[dict]:
 
 
 def active_jobs(rows: list[ShardStatus]) -> list[str]:
-    """Slurm ids of shards still pending or running (what `cancel` cancels)."""
+    """Slurm jobs with shards still pending or running (what `cancel` cancels): a whole array by its id, so a
+    pending array whose tasks Slurm has not split yet goes in one piece."""
     from mvtune.pipeline.slurm import ACTIVE_STATES
 
-    return sorted({r.job for r in rows if r.job and r.state in ACTIVE_STATES})
+    return sorted({r.job.split("_")[0] for r in rows if r.job and r.state in ACTIVE_STATES}, key=int)
