@@ -550,7 +550,7 @@ def train(
     config: Path = typer.Argument(..., help="Training YAML (mvtune layout or MV-Adapter's own data/system/trainer layout)."),
     resume: Optional[str] = typer.Option(None, help="'auto' (newest valid checkpoint of this run), a checkpoint file, or a run folder (its newest valid checkpoint)."),
 ) -> None:
-    """Fine-tune MV-Adapter (adapter, LoRA, adapter+lora; prior preservation, EMA). Extra args are key=value overrides."""
+    """Fine-tune MV-Adapter (adapter, LoRA, adapter+lora; prior preservation, EMA) or train an SDXL concept LoRA from 2D images (concept-lora). Extra args are key=value overrides."""
     from mvtune.train.config import TrainConfigError
     from mvtune.train.run import train_from_cli
     from mvtune.train.system import NonFiniteLossError
