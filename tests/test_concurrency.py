@@ -71,7 +71,7 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def survivors(pids: list[int], seconds: float = 10.0) -> list[int]:
+def survivors(pids: list[int], seconds: float = 20.0) -> list[int]:
     """The pids still running after a grace period (the pool's resource tracker exits on its own, soon after)."""
     deadline = time.time() + seconds
     while time.time() < deadline and any(alive(p) for p in pids):
@@ -172,8 +172,9 @@ def test_repeated_kills_of_concurrent_renders_and_shards(meshes_dir, reference, 
 
 
 def _start_pool_render(meshes_dir, out):
-    proc = subprocess.Popen(render_cmd(meshes_dir, out, "--workers", "2"), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    # 256 px: the workers must still be busy when the test signals the parent, on a loaded machine too
+    cmd = [*render_cmd(meshes_dir, out, "--workers", "2"), "--resolution", "256"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(children(proc.pid)) < 3:  # resource tracker + 2 workers
         time.sleep(0.05)
