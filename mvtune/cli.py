@@ -44,6 +44,9 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
         for category in (DeprecationWarning, FutureWarning):
             warnings.filterwarnings("ignore", category=category)
+        # Lightning hints that are not about the user's run (mvtune warns itself about a Slurm job without srun)
+        for hint in (".*`srun` command is available on your system", ".*smaller than the logging interval"):
+            warnings.filterwarnings("ignore", message=hint)
         handler.addFilter(_quiet_libraries)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", handlers=[handler])
 

@@ -18,7 +18,7 @@ def dataset_overrides(ds: Path) -> list[str]:
 
 
 def test_users_yaml_maps_to_the_reference_recipe(user_yaml, caplog):
-    caplog.set_level("INFO", logger="mvtune.train.config")
+    caplog.set_level("DEBUG", logger="mvtune.train.config")
     cfg = load_config(user_yaml)
     assert cfg.strategy == "adapter" and cfg.train_cond_encoder
     assert cfg.model.variant == "tg2mv" and cfg.model.shift_noise and cfg.model.shift_scale == 8

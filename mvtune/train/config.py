@@ -653,8 +653,10 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
             raise TrainConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
         if is_mvadapter_layout(loaded):
             loaded, notices = from_mvadapter(loaded)
+            if notices:  # one line; what each ignored key means under --verbose
+                log.info("MV-Adapter config %s: %d keys ignored (mvtune fixes or does not need them)", path, len(notices))
             for notice in notices:
-                log.info("MV-Adapter config: %s", notice)
+                log.debug("MV-Adapter config: %s", notice)
         else:
             loaded = resolve_interpolations(loaded)
         raw = _merge(raw, loaded)
