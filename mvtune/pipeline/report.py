@@ -68,7 +68,7 @@ def write_report(exp: Experiment) -> dict:
         "training": training,
         "evaluation": evaluation,
     }
-    renders = [p for p in (dataset / s[:2] / s / "color_0000.png" for s in scenes[:8]) if p.is_file()]
+    renders = [p for s in scenes[:8] for p in sorted((dataset / s[:2] / s).glob("color_0000.*"))[:1]]
     grids = sorted((run / "samples").glob("*.png"))[-4:] if run.is_dir() else []
     plot = _loss_plot(run / "logs" / "csv" / "metrics.csv", out / "loss.png")
     rel = lambda p: html.escape(os.path.relpath(p, out))  # noqa: E731

@@ -9,14 +9,14 @@ from mvtune.pipeline.experiment import Experiment
 from mvtune.pipeline.stages import build_stages
 from mvtune.pipeline.state import latest_runs, read_state
 
-DONE, NOT_RUN, FAILED = "DONE", "NOT_RUN", "FAILED"
+DONE, NOT_RUN, FAILED, STALE = "DONE", "NOT_RUN", "FAILED", "STALE"
 
 
 @dataclass
 class ShardStatus:
     stage: str
     shard: int | None
-    state: str  # DONE, NOT_RUN, FAILED, or Slurm's JobState (PENDING, RUNNING, CANCELLED, TIMEOUT, ...)
+    state: str  # DONE, NOT_RUN, FAILED, STALE, or Slurm's JobState (PENDING, RUNNING, CANCELLED, TIMEOUT, ...)
     job: str | None = None
     restarts: int = 0
     reason: str | None = None
@@ -51,7 +51,7 @@ def experiment_status(exp: Experiment) -> list[ShardStatus]:
                 row.state, row.reason, row.log = FAILED, failed.get("reason"), failed.get("log") or row.log
                 row.restarts = max(row.restarts, int(failed.get("restarts") or 0))
             elif done:
-                row.state, row.reason = FAILED, "outputs changed since the done marker (rerun to redo)"
+                row.state, row.reason = STALE, "outputs changed since the done marker; `mvtune pipeline run` redoes it"
             elif info.get("state"):
                 row.state = info["state"]  # CANCELLED (e.g. a dependency failed), TIMEOUT, NODE_FAIL, ...
                 reason = info.get("reason")
