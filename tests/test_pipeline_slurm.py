@@ -19,7 +19,6 @@ import yaml
 
 from slurm_cluster import available, slurm_cluster
 
-REPO = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).resolve().parent / "pipeline_rank_probe"
 REASON = available()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no private Slurm here: {REASON}")

@@ -7,7 +7,6 @@ stage reruns, every later stage reruns too (its inputs changed).
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import time
@@ -18,8 +17,6 @@ from mvtune.pipeline import EXIT_FAILED, EXIT_OK, markers
 from mvtune.pipeline.experiment import Experiment
 from mvtune.pipeline.stages import Stage, build_stages, record
 from mvtune.pipeline.state import LOGS_DIR, note_run, prepare, save_state
-
-log = logging.getLogger(__name__)
 
 
 def log_path(exp: Experiment, stage: str, shard: int | None):
