@@ -11,6 +11,7 @@ import pytest
 
 from mvtune import cameras
 from mvtune.render import files
+from mvtune.storage import write_json
 
 
 def fake_render(res=96, seed=0):
@@ -143,7 +144,7 @@ def test_write_view_files_writes_the_dataset_names(tmp_path):
     timings = files.write_view_files(tmp_path, "0008", images)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["color_0008.webp", "depth_0008.exr", "normal_0008.webp"]
     assert set(timings) == {"webp_color", "webp_normal", "exr_depth"}
-    files.write_json(tmp_path / "meta.json", files.build_meta(cameras.ortho10(), 96))
+    write_json(tmp_path / "meta.json", files.build_meta(cameras.ortho10(), 96))
     assert json.loads((tmp_path / "meta.json").read_text())["locations"][8]["index"] == "0008"
 
 
@@ -157,7 +158,7 @@ def test_written_files_get_normal_permissions_not_mkstemps_0600(tmp_path):
         files.write_color_webp(tmp_path / "color_0000.webp", color),
         files.write_normal_webp(tmp_path / "normal_0000.webp", normal),
         files.write_depth_exr(tmp_path / "depth_0000.exr", depth),
-        files.write_json(tmp_path / "meta.json", files.build_meta(cameras.ortho10(), 16)),
+        write_json(tmp_path / "meta.json", files.build_meta(cameras.ortho10(), 16)),
     ]
     for path in written:
         assert path.stat().st_mode & 0o777 == expected, path.name
