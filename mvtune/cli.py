@@ -1160,7 +1160,7 @@ def _run_in_process(argv: list[str], log: Path, workdir: Path) -> int:
 def pipeline_run(
     experiment: Path = typer.Argument(..., help="Experiment YAML (stages, their settings, Slurm resources)."),
     executor: str = typer.Option("local", help="local (stages in order on this machine) or slurm (sbatch chain)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="slurm: write and print the scripts and sbatch lines, submit nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would run (slurm: the scripts and sbatch lines), run nothing."),
 ) -> None:
     """Run an experiment; a rerun redoes only unfinished stages/shards and what depends on them.
     Exit codes: 0 done/submitted, 1 a stage failed, 2 bad experiment, 4 Slurm refused."""
@@ -1174,6 +1174,16 @@ def pipeline_run(
         check_experiment(exp)
     except ExperimentError as exc:
         _fail(f"{experiment}: {exc}", code=EXIT_USAGE)
+    if executor == "local" and dry_run:
+        from mvtune.pipeline.local import plan
+        from mvtune.pipeline.stages import build_stages
+
+        for stage, todo in plan(exp, build_stages(exp)):
+            for shard in todo:
+                print(stage.marker_command(shard))
+            if not todo:
+                print(f"# {stage.name}: done")
+        raise typer.Exit(0)
     if executor == "local":
         from mvtune.pipeline.local import run_local
 
