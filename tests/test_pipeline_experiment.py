@@ -169,3 +169,16 @@ def test_dry_run_prints_the_expected_scripts_and_chain(tmp_path, monkeypatch):
     assert not (d / "pipeline.json").exists()  # nothing submitted, no state
     for script in (d / "scripts").glob("*.sh"):
         assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, script
+
+
+def test_local_dry_run_prints_the_commands_and_writes_nothing(tmp_path):
+    path = _write(tmp_path, _base(render={"resolution": 64, "shards": 2}))
+    result = subprocess.run([sys.executable, "-m", "mvtune.cli", "pipeline", "run", str(path), "--dry-run"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    d = tmp_path / "out"
+    assert lines[0] == f"{sys.executable} -m mvtune.cli samples {d}/meshes"
+    assert [line.split("--shard ")[1] for line in lines if " render " in line] == ["0/2", "1/2"]
+    assert lines[-1] == f"{sys.executable} -m mvtune.cli pipeline report {d}"
+    assert not d.exists()
