@@ -348,3 +348,18 @@ def test_the_example_config_loads_and_checks(ducks):
     cfg = load_config(example, [f"data.root={ducks}", "model.base=tiny"])
     check_config(cfg)
     assert cfg.model.variant == "tg2mv" and cfg.output.tag == "tg2mv-ducks" and cfg.trainer.max_steps == 5000
+
+
+@pytest.mark.slow
+def test_published_tg2mv_config_trains(ducks, tmp_path, monkeypatch):
+    """The published file as is (ddp, bf16-mixed, workers) with its paths set, and only size/length cut down."""
+    from mvtune.train.run import train_from_cli
+
+    monkeypatch.chdir(tmp_path)  # exp_root_dir "outputs" is relative to the working directory, as upstream
+    path = write_published(tmp_path, "tg2mv_sdxl")
+    run = train_from_cli(path, path_overrides(ducks, long_scene_list(ducks, tmp_path)) + [
+        "data.height=64", "data.width=64", "trainer.max_steps=2", "data.num_workers=1", "validation.sanity_steps=0"],
+        resume=None)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["global_step"] == 2
+    assert run.parent == Path("outputs/tg2mv") and (run / "export" / "mvadapter_tg2mv_sdxl.safetensors").is_file()
