@@ -440,3 +440,21 @@ def test_exported_adapter_files_carry_the_released_names():
 
     assert adapter_file("tg2mv") == "mvadapter_tg2mv_sdxl.safetensors"
     assert adapter_file("t2mv") == "mvadapter_t2mv_sdxl.safetensors"
+
+
+def test_exported_lora_keeps_its_alpha(tmp_path):
+    """alpha != rank: without adapter metadata diffusers loads alpha = rank, i.e. at the wrong strength."""
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig as PeftLoraConfig
+
+    from mvtune.models import build_tiny_sdxl
+    from mvtune.train.system import save_lora
+
+    parts = build_tiny_sdxl(seed=0)
+    parts["unet"].add_adapter(PeftLoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    path = save_lora(tmp_path / LORA_FILE, parts["unet"])
+
+    pipe = StableDiffusionXLPipeline(**build_tiny_sdxl(seed=0))
+    pipe.load_lora_weights(str(path), adapter_name="concept")
+    config = pipe.unet.peft_config["concept"]
+    assert (config.r, config.lora_alpha) == (4, 8)

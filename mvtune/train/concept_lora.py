@@ -16,9 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +35,7 @@ from mvtune.train.system import (
     image_grid,
     load_base_components,
     optimizer_config,
+    save_lora,
     step_generator,
 )
 
@@ -212,8 +210,6 @@ def kohya_state_dict(unet, text_encoders: dict) -> dict[str, torch.Tensor]:
 def save_concept_lora(path: Path, unet, text_encoders: dict | None = None, kohya: bool = False) -> Path:
     """Write the peft LoRA of the UNet (and of the text encoders given as {"text_encoder": m, ...}) atomically:
     diffusers' format (`load_lora_weights`; rank/alpha as adapter metadata) or kohya key names."""
-    from diffusers import StableDiffusionXLPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from safetensors.torch import save_file
 
     text_encoders = dict(text_encoders or {})
@@ -223,18 +219,7 @@ def save_concept_lora(path: Path, unet, text_encoders: dict | None = None, kohya
         state = kohya_state_dict(unet, text_encoders)
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         return path
-    layers = {"unet_lora_layers": convert_state_dict_to_diffusers(_peft_state(unet)),
-              "unet_lora_adapter_metadata": unet.peft_config["default"].to_dict()}
-    for name, module in text_encoders.items():
-        layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(_peft_state(module))
-        layers[f"{name}_lora_adapter_metadata"] = module.peft_config["default"].to_dict()
-    tmp = Path(tempfile.mkdtemp(prefix=".lora-", dir=path.parent))
-    try:
-        StableDiffusionXLPipeline.save_lora_weights(tmp, safe_serialization=True, **layers)
-        os.replace(tmp / LORA_FILE, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return save_lora(path, unet, text_encoders)
 
 
 # ---- the Lightning system ----------------------------------------------------------------------------------

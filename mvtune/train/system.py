@@ -482,18 +482,27 @@ class MVAdapterSystem(L.LightningModule):
         return path
 
 
-def save_lora(path: Path, unet) -> Path:
-    """Write the UNet's LoRA in diffusers' format (`load_lora_weights` reads it), atomically."""
+def save_lora(path: Path, unet, text_encoders: dict | None = None) -> Path:
+    """Write the peft LoRA of the UNet (and of text encoders given as {"text_encoder": m, ...}) in diffusers'
+    format, atomically; rank and alpha travel as adapter metadata so `load_lora_weights` applies the trained
+    strength (without it, alpha is taken equal to the rank)."""
     from diffusers import StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    assert not any("_mv" in k for k in state), "LoRA must not touch the multi-view layers"
+    def layers(module) -> dict[str, torch.Tensor]:
+        state = get_peft_model_state_dict(module)
+        return convert_state_dict_to_diffusers({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()})
+
+    parts = {"unet_lora_layers": layers(unet), "unet_lora_adapter_metadata": unet.peft_config["default"].to_dict()}
+    assert not any("_mv" in k for k in parts["unet_lora_layers"]), "LoRA must not touch the multi-view layers"
+    for name, module in (text_encoders or {}).items():
+        parts[f"{name}_lora_layers"] = layers(module)
+        parts[f"{name}_lora_adapter_metadata"] = module.peft_config["default"].to_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".lora-", dir=path.parent))
     try:
-        StableDiffusionXLPipeline.save_lora_weights(tmp, unet_lora_layers=state, safe_serialization=True)
+        StableDiffusionXLPipeline.save_lora_weights(tmp, safe_serialization=True, **parts)
         os.replace(tmp / LORA_FILE, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
