@@ -149,12 +149,9 @@ class CaptionSampler:
 
 
 def _read_templates(path: Path) -> tuple[list[str], dict[str, list[str]]]:
-    import yaml
+    from mvtune.config_files import read_yaml_mapping
 
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise AugmentError(f"caption templates {path}: {exc}") from None
+    data = read_yaml_mapping(path, "caption templates", AugmentError)
     templates = data.get("templates", ["{caption}"])
     synonyms = data.get("synonyms", {})
     if not isinstance(templates, list) or not all(isinstance(t, str) and "{caption}" in t for t in templates):

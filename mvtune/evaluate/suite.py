@@ -18,7 +18,6 @@ scorers: [{name: ViT-L-14, kind: transformers, path: clip/clip-vit-large-patch14
 
 from __future__ import annotations
 
-import difflib
 import json
 import random
 import tempfile
@@ -31,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from mvtune.evaluate.scorers import ScorerSpec
 from mvtune.generate.run import ModelConfig, SamplingConfig
-from mvtune.train.config import _merge, _unknown_keys, parse_overrides
+from mvtune.config_files import merge, parse_overrides, read_yaml_mapping, unknown_keys, validation_problems
 
 GENERIC = "generic"  # the group name of the forgetting prompts
 CONCEPT_ATTRIBUTE = "concept"  # the attribute name of `prompts.concept_presence`
@@ -319,56 +318,22 @@ def check_suite(suite: Suite) -> None:
         raise SuiteError("; ".join(problems))
 
 
-def _validation_problems(exc: ValidationError) -> list[str]:
-    lines = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "suite"
-        lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
-    return lines
-
-
-def _unknown_entry_keys(entry: dict, fields: list[str], prefix: str) -> list[str]:
-    """List entries (models, scorers) are not sections `_unknown_keys` walks into: same message for them."""
-    problems = []
-    for key in entry:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.5)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid keys: {', '.join(fields)})"
-            problems.append(f"unknown key '{prefix}{key}'{hint}")
-    return problems
-
-
 def parse_suite(raw: dict, overrides: list[str] = ()) -> Suite:
     """A Suite from a mapping plus `key=value` overrides; unknown keys name the closest valid one."""
-    try:
-        raw = _merge(raw, parse_overrides(list(overrides)))
-    except Exception as exc:
-        raise SuiteError(str(exc)) from None
-    problems = _unknown_keys(raw, Suite)
-    for section, model in (("models", ModelEntry), ("scorers", ScorerSpec)):
-        entries = raw.get(section)
-        for i, entry in enumerate(entries if isinstance(entries, list) else []):
-            if isinstance(entry, dict):
-                problems += _unknown_entry_keys(entry, list(model.model_fields), f"{section}.{i}.")
+    raw = merge(raw, parse_overrides(list(overrides), SuiteError))
+    problems = unknown_keys(raw, Suite)
     if problems:
         raise SuiteError("; ".join(problems))
     try:
         return Suite.model_validate(raw)
     except ValidationError as exc:
-        raise SuiteError("invalid suite: " + "; ".join(_validation_problems(exc))) from None
+        raise SuiteError("invalid suite: " + "; ".join(validation_problems(exc, "suite"))) from None
 
 
 def load_suite(path: str | Path, overrides: list[str] = (), check: bool = True) -> Suite:
     """Read, validate and (with `check`) disk-check a suite YAML; relative paths resolve against its folder."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SuiteError(f"suite file {path} does not exist") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise SuiteError(f"suite file {path} cannot be read: {exc}") from None
-    if not isinstance(raw, dict):
-        raise SuiteError(f"suite file {path} must hold a mapping (models, meshes, prompts, ...)")
+    raw = read_yaml_mapping(path, "suite file", SuiteError)
     suite = _relative_to(parse_suite(raw, overrides), path.parent)
     if check:
         check_suite(suite)

@@ -203,15 +203,9 @@ def parse_concepts(data: Any, source: str = "<concepts>") -> ConceptSet:
 
 def load_concepts(path: str | Path) -> ConceptSet:
     """Read and validate a concepts YAML file."""
-    import yaml
+    from mvtune.config_files import read_yaml_mapping
 
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConceptsError(f"concepts file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConceptsError(f"concepts file {path} cannot be read: {exc}") from None
+    data = read_yaml_mapping(path, "concepts file", ConceptsError)
     return parse_concepts(data, str(path))
 
 

@@ -17,11 +17,12 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mvtune.config_files import merge, parse_overrides, read_yaml_mapping, section_fields, set_dotted, unknown_keys
 from mvtune.train.evaluation import EvaluationConfig
 from mvtune.train.evaluation import problems as evaluation_problems
 
@@ -210,7 +211,7 @@ class TrainConfig(_Section):
     @classmethod
     def _strategy_defaults(cls, raw: Any) -> Any:
         if isinstance(raw, dict) and raw.get("strategy") == "concept-lora":
-            return _merge(CONCEPT_LORA_DEFAULTS, raw)
+            return merge(CONCEPT_LORA_DEFAULTS, raw)
         return raw
 
     @model_validator(mode="after")
@@ -335,71 +336,6 @@ def resolve_interpolations(tree: Any, root: dict | None = None, _depth: int = 0)
     if whole:
         return lookup(whole.group(1))
     return _INTERPOLATION.sub(lambda m: str(lookup(m.group(1))), tree)
-
-
-def _section_fields(model: type[BaseModel]) -> dict[str, type[BaseModel] | None]:
-    """Field name -> nested section model (or None for a leaf)."""
-    out = {}
-    for name, info in model.model_fields.items():
-        annotation = info.annotation
-        candidates = [annotation, *get_args(annotation)] if get_origin(annotation) else [annotation]
-        out[name] = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-    return out
-
-
-def _unknown_keys(tree: dict, model: type[BaseModel], prefix: str = "") -> list[str]:
-    problems = []
-    fields = _section_fields(model)
-    for key, value in tree.items():
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid keys: {', '.join(fields)})"
-            problems.append(f"unknown key '{prefix}{key}'{hint}")
-        elif fields[key] is not None and isinstance(value, dict):
-            problems += _unknown_keys(value, fields[key], f"{prefix}{key}.")
-    return problems
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    node[parts[-1]] = value
-
-
-def yaml_problem(exc: yaml.YAMLError) -> str:
-    """A YAML error as 'line L, column C: problem' (PyYAML's own text names '<unicode string>', not the file)."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    context = getattr(exc, "context", None)
-    return where + problem + (f" ({context})" if context else "")
-
-
-def parse_overrides(overrides: list[str]) -> dict:
-    """`a.b=value` strings (value parsed as YAML) into a nested dict."""
-    tree: dict = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise TrainConfigError(f"override {item!r} is not key=value (e.g. optim.lr=1e-5)")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as exc:
-            raise TrainConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
-        _set_dotted(tree, key.strip(), value)
-    return tree
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def is_mvadapter_layout(raw: dict) -> bool:
@@ -604,7 +540,7 @@ def from_mvadapter(raw: dict) -> tuple[dict, list[str]]:
             value = str(value).lower()
         elif key == "system.scheduler":
             for k, v in _warmup_from_scheduler(value).items():
-                _set_dotted(tree, f"optim.{k}", v)
+                set_dotted(tree, f"optim.{k}", v)
             continue
         elif key == "data.background_color" and isinstance(value, list):
             problems.append(f"{key}: an RGB list is not supported, use gray/white/black/random or a value")
@@ -618,9 +554,9 @@ def from_mvadapter(raw: dict) -> tuple[dict, list[str]]:
             continue
         elif key in ("name", "exp_root_dir"):
             continue  # joined below
-        _set_dotted(tree, target, value)
+        set_dotted(tree, target, value)
     if "name" in flat or "exp_root_dir" in flat:
-        _set_dotted(tree, "output.dir", str(Path(str(flat.get("exp_root_dir") or "outputs")) / str(flat.get("name") or "")))
+        set_dotted(tree, "output.dir", str(Path(str(flat.get("exp_root_dir") or "outputs")) / str(flat.get("name") or "")))
     variant = tree.get("model", {}).get("variant", "tg2mv")
     modality = flat.get("data.source_image_modality")
     if modality is not None and list(modality) != _MODALITIES[variant]:
@@ -640,17 +576,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
     """
     raw: dict = dict(base or {})
     if path is not None:
-        path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise TrainConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise TrainConfigError(f"config file {path} is not valid YAML: {yaml_problem(exc)}") from None
-        except OSError as exc:
-            raise TrainConfigError(f"config file {path} cannot be read: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise TrainConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
+        loaded = read_yaml_mapping(path, "config file", TrainConfigError)
         if is_mvadapter_layout(loaded):
             loaded, notices = from_mvadapter(loaded)
             if notices:  # one line; what each ignored key means under --verbose
@@ -659,9 +585,9 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
                 log.debug("MV-Adapter config: %s", notice)
         else:
             loaded = resolve_interpolations(loaded)
-        raw = _merge(raw, loaded)
-    raw = _merge(raw, parse_overrides(list(overrides)))
-    problems = _unknown_keys(raw, TrainConfig)
+        raw = merge(raw, loaded)
+    raw = merge(raw, parse_overrides(list(overrides), TrainConfigError))
+    problems = unknown_keys(raw, TrainConfig)
     known = _without_unknown(raw, TrainConfig)
     # Type/range errors hide the combination checks (pydantic skips them): drop the bad leaves and validate
     # again, so one run lists every problem the config has.
@@ -685,7 +611,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
 
 
 def _without_unknown(tree: dict, model: type[BaseModel]) -> dict:
-    fields = _section_fields(model)
+    fields = section_fields(model)
     out = {}
     for key, value in tree.items():
         if key in fields:
