@@ -203,6 +203,7 @@ def test_generated_folder_renders_with_its_provenance(generated, tmp_path):
     assert summary.failed == 0 and summary.rendered == len(rows) - 2
     manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())["objects"]
     by_source = {Path(entry["source"]).parent.name: entry for entry in manifest.values()}
+    assert all(Path(entry["source"]).parent.name == object_id for object_id, entry in manifest.items())  # item ids
     entry = by_source[rows[0]["id"]]
     assert entry["licence"] == "CC0-1.0" and entry["concept"] == "firefighter"
     assert entry["caption"] == (tmp / "out" / rows[0]["id"] / "mesh.txt").read_text().strip()

@@ -185,10 +185,15 @@ def discover_meshes(input_path: Path) -> list[Path]:
 
 
 def assign_ids(paths: Iterable[Path]) -> dict[str, Path]:
-    """Readable, unique, filesystem-safe ids from file stems; clashes get a short hash of the full path."""
+    """Readable, unique, filesystem-safe ids from file stems; clashes get a short hash of the full path.
+
+    A generated or imported item (`<item id>/mesh.glb`, mvtune.meshes.generators) is named by its folder."""
+    from mvtune.meshes.generators.base import MESH_FILE
+
     ids: dict[str, Path] = {}
     for path in paths:
-        base = re.sub(r"[^A-Za-z0-9_-]+", "_", path.stem).strip("_") or "mesh"
+        stem = path.parent.name if path.name == MESH_FILE else path.stem
+        base = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "mesh"
         candidate = base
         if candidate in ids:
             candidate = f"{base}_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
