@@ -761,8 +761,9 @@ def score(
     import numpy as np
     from pydantic import ValidationError
 
+    from mvtune.evaluate import ScoreError
     from mvtune.evaluate.score import read_views, score_views
-    from mvtune.evaluate.scorers import ScoreError, ScorerSpec, load_scorer
+    from mvtune.models.clip import ClipError, ScorerSpec, load_scorer
 
     if up not in ("y", "z"):
         _fail(f"--up must be y or z, got {up!r}")
@@ -776,7 +777,7 @@ def score(
         result = score_views(mesh, images, prompt=prompt, scorers=scorers, up=up, error_maps=errors)
     except ValidationError as exc:
         _fail(f"--clip: {_validation_message(exc)}")
-    except ScoreError as exc:
+    except (ClipError, ScoreError) as exc:
         _fail(str(exc))
     for path in (out, image):
         if path is not None:
@@ -909,7 +910,7 @@ def probe(
     from pydantic import ValidationError
 
     from mvtune.evaluate.probe import Thresholds, run_probe
-    from mvtune.evaluate.scorers import ScoreError, ScorerSpec
+    from mvtune.models.clip import ClipError, ScorerSpec
     from mvtune.evaluate.suite import SuiteError, check_suite, parse_suite
 
     try:
@@ -918,7 +919,7 @@ def probe(
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValidationError as exc:
         _fail(_validation_message(exc, as_options=True))
-    except (ScoreError, ValueError) as exc:
+    except (ClipError, ValueError) as exc:
         _fail(f"--clip/--seeds: {exc}")
     meshes: dict = {"files": [str(p) for p in mesh or []]}
     if dataset is not None:

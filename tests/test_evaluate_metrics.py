@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mvtune.evaluate.metrics import clip_i, diversity, kid
-from mvtune.evaluate.scorers import ScoreError
+from mvtune.evaluate import ScoreError
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

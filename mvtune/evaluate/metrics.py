@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mvtune.evaluate.scorers import ScoreError
+from mvtune.evaluate import ScoreError
 
 #: Default subset size when the sets are large (clean-fid / torchmetrics use 1000).
 KID_MAX_SUBSET = 1000

@@ -290,7 +290,7 @@ def score_cell(cell: Cell, views: list[np.ndarray], work: _Workspace) -> dict:
     """Everything `mvtune score` gives, attribute presence and CLIP-I to the ground truth; writes the record."""
     from mvtune.evaluate.metrics import clip_i
     from mvtune.evaluate.score import score_views
-    from mvtune.evaluate.scorers import attribute_presence
+    from mvtune.models.clip import attribute_presence
 
     scores = score_views(cell.mesh.path, views, prompt=cell.prompt.prompt, scorers=list(work.scorers.values()),
                          up=cell.mesh.up, renderer=work.renderer)
@@ -422,7 +422,7 @@ def evaluate_suite(suite: Suite, out_dir: Path, *, run_dir: Path | None = None, 
 
 
 def _load_scorers(suite: Suite, device: str) -> dict:
-    from mvtune.evaluate.scorers import load_scorer
+    from mvtune.models.clip import load_scorer
 
     try:
         return {name: load_scorer(spec, device=device) for name, spec in zip(scorer_names(suite), suite.scorers)}

@@ -24,7 +24,8 @@ from PIL import Image
 
 from mvtune import cameras
 from mvtune.cameras import View
-from mvtune.evaluate.scorers import ClipScorer, ScoreError, clip_t
+from mvtune.evaluate import ScoreError
+from mvtune.models.clip import ClipScorer, clip_t
 from mvtune.generate.conditions import ConditionMaps, condition_maps, load_normalized
 from mvtune.generate.run import RECORD, VARIANT
 

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from mvtune.evaluate.scorers import ScorerSpec
+from mvtune.models.clip import ScorerSpec
 from mvtune.generate.run import ModelConfig, SamplingConfig
 from mvtune.config_files import merge, parse_overrides, read_yaml_mapping, unknown_keys, validation_problems
 

@@ -5,7 +5,7 @@ and logs under `eval/`: CLIP-T on the concept prompts, attribute presence, CLIP-
 forgetting score (generic CLIP-T at the run's first validation minus now: positive = the model follows unrelated
 prompts less well than when this run started). The best step by `best_metric` is exported to export/best/.
 
-The scorers are mvtune.evaluate's (one CLIP implementation in the project); they are imported when a run has an
+The scorers are mvtune.models.clip's, the ones `mvtune evaluate` uses; they are imported when a run has an
 `evaluation` block, so a run without one never loads them.
 """
 
@@ -65,7 +65,7 @@ class TrainingEvaluator:
     """Holds the loaded scorer, the forgetting baseline and the best step across validations."""
 
     def __init__(self, cfg: EvaluationConfig, device: str = "cpu"):
-        from mvtune.evaluate.scorers import ScorerSpec, load_scorer
+        from mvtune.models.clip import ScorerSpec, load_scorer
 
         self.cfg = cfg
         self.scorer = load_scorer(ScorerSpec(kind="transformers", path=cfg.clip[0]), device=device)
@@ -74,7 +74,7 @@ class TrainingEvaluator:
 
     def score(self, sample) -> dict[str, float]:
         """`sample(prompt, k) -> list of HxWx3 uint8 views` for val object k; returns the eval/ metrics."""
-        from mvtune.evaluate.scorers import attribute_presence, clip_t
+        from mvtune.models.clip import attribute_presence, clip_t
 
         concept_t, presence, generic_t = [], [], []
         for concept in self.cfg.concepts:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from mvtune.evaluate.scorers import (
+from mvtune.models.clip import (
     OPEN_CLIP_INSTALL,
     ClipScorer,
-    ScoreError,
+    ClipError,
     ScorerSpec,
     attribute_presence,
     clip_t,
@@ -139,7 +139,7 @@ def test_attribute_presence_with_known_answers():
     assert attribute_presence(KnownScorer(100.0), [red], "red", "blue") > attribute_presence(scorer, [red], "red", "blue")
     # no overflow with a huge logit scale
     assert attribute_presence(KnownScorer(1e4), [blue], "red", "blue") == 0.0
-    with pytest.raises(ScoreError, match="at least one image"):
+    with pytest.raises(ClipError, match="at least one image"):
         attribute_presence(scorer, [], "red", "blue")
 
 
@@ -153,7 +153,7 @@ def test_scorer_spec_parses_the_cli_forms(tmp_path):
     )  # fmt: skip
     assert ScorerSpec.parse("H=open_clip:ViT-H-14:w.bin").name == "H"
     assert ScorerSpec.parse("runs/a=b/clip").path.as_posix() == "runs/a=b/clip"  # '=' inside a path is no name
-    with pytest.raises(ScoreError, match="expected open_clip:ARCH:CHECKPOINT"):
+    with pytest.raises(ClipError, match="expected open_clip:ARCH:CHECKPOINT"):
         ScorerSpec.parse("open_clip:ViT-H-14")
     with pytest.raises(ValidationError, match="needs 'arch'"):
         ScorerSpec(kind="open_clip", path=tmp_path / "w.bin")
@@ -164,21 +164,21 @@ def test_scorer_spec_parses_the_cli_forms(tmp_path):
 
 
 def test_load_errors_name_the_folder(tmp_path, tiny_clip):
-    with pytest.raises(ScoreError, match=f"CLIP folder {tmp_path / 'none'} does not exist"):
+    with pytest.raises(ClipError, match=f"CLIP folder {tmp_path / 'none'} does not exist"):
         load_scorer(ScorerSpec(path=tmp_path / "none"))
     partial = tmp_path / "partial"
     partial.mkdir()
     (partial / "config.json").write_text((tiny_clip / "config.json").read_text())
-    with pytest.raises(ScoreError, match=f"CLIP folder {partial} has no preprocessor_config.json"):
+    with pytest.raises(ClipError, match=f"CLIP folder {partial} has no preprocessor_config.json"):
         load_scorer(ScorerSpec(path=partial))
     broken = tmp_path / "broken"
     broken.mkdir()
     for path in tiny_clip.iterdir():
         (broken / path.name).write_bytes(path.read_bytes())
     (broken / "model.safetensors").write_bytes(b"truncated")
-    with pytest.raises(ScoreError, match=f"CLIP folder {broken} does not load"):
+    with pytest.raises(ClipError, match=f"CLIP folder {broken} does not load"):
         load_scorer(ScorerSpec(path=broken))
-    with pytest.raises(ScoreError, match=f"open_clip checkpoint {tmp_path / 'w.bin'} does not exist"):
+    with pytest.raises(ClipError, match=f"open_clip checkpoint {tmp_path / 'w.bin'} does not exist"):
         load_scorer(ScorerSpec(kind="open_clip", arch="ViT-B-32", path=tmp_path / "w.bin"))
 
 
@@ -194,7 +194,7 @@ def _open_clip_importable() -> bool:
 def test_open_clip_missing_names_the_install_step(tmp_path):
     checkpoint = tmp_path / "w.bin"
     checkpoint.write_bytes(b"\0")
-    with pytest.raises(ScoreError, match="open_clip is not importable") as info:
+    with pytest.raises(ClipError, match="open_clip is not importable") as info:
         load_scorer(ScorerSpec(kind="open_clip", arch="ViT-B-32", path=checkpoint))
     assert OPEN_CLIP_INSTALL in str(info.value)
 

@@ -4,6 +4,7 @@ A scorer turns images and texts into L2-normalised features in one shared space;
 attribute presence, CLIP-I, KID on CLIP features, diversity) is computed from those features, so adding a
 backbone means one class behind the `ClipScorer` protocol and one line in `_LOADERS`. Nothing here downloads:
 a scorer is a folder or file on disk (see docs/evaluation.md for which weights to fetch on a GPU node).
+Kept with the models, not in `evaluate`, because training scores its validation samples with the same scorers.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ BATCH_SIZE = 16
 OPEN_CLIP_INSTALL = "pip install open_clip_torch (it needs a torchvision build that matches your torch)"
 
 
-class ScoreError(Exception):
-    """Scoring cannot run: a scorer that does not load, views or a mesh that do not fit, bad feature arrays."""
+class ClipError(Exception):
+    """A CLIP scorer cannot run: a folder or checkpoint that does not load, bad images or texts."""
 
 
 class ScorerSpec(BaseModel):
@@ -61,12 +62,12 @@ class ScorerSpec(BaseModel):
         if text.startswith("open_clip:"):
             _, arch, path = (text.split(":", 2) + ["", ""])[:3]
             if not arch or not path:
-                raise ScoreError(
+                raise ClipError(
                     f"--clip {text!r}: expected open_clip:ARCH:CHECKPOINT, e.g. open_clip:ViT-H-14:ckpt.bin"
                 )
             return cls(name=name, kind="open_clip", arch=arch, path=Path(path))
         if not text:
-            raise ScoreError("--clip needs a path: a transformers CLIP folder or open_clip:ARCH:CHECKPOINT")
+            raise ClipError("--clip needs a path: a transformers CLIP folder or open_clip:ARCH:CHECKPOINT")
         return cls(name=name, kind="transformers", path=Path(text))
 
 
@@ -91,7 +92,7 @@ def _normalised(features) -> np.ndarray:
 def _check_images(images: Sequence[np.ndarray]) -> None:
     for i, image in enumerate(images):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ScoreError(f"image {i}: expected an HxWx3 uint8 array, got {image.shape} {image.dtype}")
+            raise ClipError(f"image {i}: expected an HxWx3 uint8 array, got {image.shape} {image.dtype}")
 
 
 def _batches(items: Sequence, size: int = BATCH_SIZE):
@@ -120,12 +121,12 @@ class _LocalClip(ABC):
 
     def text_features(self, texts: Sequence[str]) -> np.ndarray:
         if not len(texts):
-            raise ScoreError(f"scorer {self.name}: text_features needs at least one text")
+            raise ClipError(f"scorer {self.name}: text_features needs at least one text")
         return self._encode_texts([str(t) for t in texts])
 
     def image_features(self, images: Sequence[np.ndarray]) -> np.ndarray:
         if not len(images):
-            raise ScoreError(f"scorer {self.name}: image_features needs at least one image")
+            raise ClipError(f"scorer {self.name}: image_features needs at least one image")
         _check_images(images)
         digest = hashlib.blake2b(digest_size=16)
         for image in images:
@@ -143,10 +144,10 @@ class TransformersClip(_LocalClip):
     def __init__(self, spec: ScorerSpec, device: str = "cpu"):
         folder = spec.path
         if not folder.is_dir():
-            raise ScoreError(f"CLIP folder {folder} does not exist (a local transformers CLIPModel folder is needed)")
+            raise ClipError(f"CLIP folder {folder} does not exist (a local transformers CLIPModel folder is needed)")
         for required in ("config.json", "preprocessor_config.json"):
             if not (folder / required).is_file():
-                raise ScoreError(f"CLIP folder {folder} has no {required}; download the whole model folder")
+                raise ClipError(f"CLIP folder {folder} has no {required}; download the whole model folder")
 
         import torch
         from transformers import CLIPModel, CLIPTokenizer
@@ -161,7 +162,7 @@ class TransformersClip(_LocalClip):
             self.tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
             self.processor = ImageProcessor.from_pretrained(folder, local_files_only=True)
         except Exception as exc:
-            raise ScoreError(f"CLIP folder {folder} does not load: {type(exc).__name__}: {exc}") from exc
+            raise ClipError(f"CLIP folder {folder} does not load: {type(exc).__name__}: {exc}") from exc
         self._torch = torch
         self.device = device
         self.name = spec.label
@@ -198,12 +199,12 @@ class OpenClip(_LocalClip):
 
     def __init__(self, spec: ScorerSpec, device: str = "cpu"):
         if not spec.path.is_file():
-            raise ScoreError(f"open_clip checkpoint {spec.path} does not exist (a local weights file is needed)")
+            raise ClipError(f"open_clip checkpoint {spec.path} does not exist (a local weights file is needed)")
         try:
             import open_clip
             import torch
         except Exception as exc:  # ImportError, or torchvision failing to load its operators
-            raise ScoreError(
+            raise ClipError(
                 f"scorer {spec.label}: open_clip is not importable ({type(exc).__name__}: {exc}); {OPEN_CLIP_INSTALL}, "
                 "or use a transformers CLIP folder"
             ) from exc
@@ -214,7 +215,7 @@ class OpenClip(_LocalClip):
             )
             self.tokenizer = open_clip.get_tokenizer(spec.arch)
         except Exception as exc:
-            raise ScoreError(
+            raise ClipError(
                 f"open_clip {spec.arch} does not load from {spec.path}: {type(exc).__name__}: {exc}"
             ) from exc
         self._torch = torch
@@ -246,7 +247,7 @@ _LOADERS = {"transformers": TransformersClip, "open_clip": OpenClip}
 
 
 def load_scorer(spec: ScorerSpec, device: str = "cpu") -> ClipScorer:
-    """Load one CLIP backbone from local files; ScoreError naming the folder/file when it cannot."""
+    """Load one CLIP backbone from local files; ClipError naming the folder/file when it cannot."""
     return _LOADERS[spec.kind](spec, device=device)
 
 
@@ -263,7 +264,7 @@ def attribute_presence(scorer: ClipScorer, images: Sequence[np.ndarray], positiv
     """Zero-shot probability that the trait is there: softmax over (positive, contrast) of logit_scale x cosine,
     the positive's probability averaged over the images (views)."""
     if not len(images):
-        raise ScoreError("attribute presence needs at least one image")
+        raise ClipError("attribute presence needs at least one image")
     image = scorer.image_features(images)
     text = scorer.text_features([positive, contrast])
     logits = scorer.logit_scale * (image @ text.T).astype(np.float64)
