@@ -16,6 +16,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mvtune.config_files import read_yaml_mapping, unknown_keys, validation_problems
+
 #: Stage names in the order they run; each stage depends on the ones before it that are enabled.
 STAGE_ORDER = ("prompts", "meshes", "render", "merge", "split", "validate", "cache", "train", "evaluate", "report")
 
@@ -215,21 +217,13 @@ def _absolute_paths(exp: Experiment, base: Path) -> Experiment:
 
 def parse_experiment(raw: dict, base: Path) -> Experiment:
     """Validate a mapping (unknown keys name the closest valid one) into an Experiment with absolute paths."""
-    from mvtune.train.config import _unknown_keys
-
-    problems = _unknown_keys(raw, Experiment)
-    slurm = raw.get("slurm")
-    if isinstance(slurm, dict):  # _unknown_keys stops at sections it cannot see into; Resources sit one deeper
-        for stage, res in slurm.items():
-            if isinstance(res, dict) and stage in SlurmConfig.model_fields:
-                problems += _unknown_keys(res, Resources, f"slurm.{stage}.")
+    problems = unknown_keys(raw, Experiment)
     if problems:
         raise ExperimentError("experiment problems:\n  - " + "\n  - ".join(problems))
     try:
         exp = Experiment.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"{'.'.join(map(str, e['loc'])) or 'experiment'}: {e['msg'].removeprefix('Value error, ')}"
-                 for e in exc.errors()]
+        lines = validation_problems(exc, root="experiment")
         raise ExperimentError("experiment problems:\n  - " + "\n  - ".join(lines)) from None
     return _absolute_paths(exp, base)
 
@@ -237,15 +231,7 @@ def parse_experiment(raw: dict, base: Path) -> Experiment:
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment file (schema only; `check_experiment` reads the disk)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ExperimentError(f"experiment file {path} does not exist") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise ExperimentError(f"experiment file {path} cannot be read: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ExperimentError(f"experiment file {path} must hold a mapping (name, meshes, render, ...)")
-    return parse_experiment(raw, path.resolve().parent)
+    return parse_experiment(read_yaml_mapping(path, "experiment file", ExperimentError), path.resolve().parent)
 
 
 def check_experiment(exp: Experiment) -> None:
