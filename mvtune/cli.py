@@ -477,18 +477,24 @@ def dataset_cache(
     variant: str = typer.Option("tg2mv", help="Model variant (decides which views are cached)."),
     resolution: int = typer.Option(768, min=16, help="Training resolution."),
     scene_list: Optional[Path] = typer.Option(None, help="Scene list (default ROOT/scene_list.json)."),
+    shard: Optional[str] = typer.Option(None, help="'i/n': cache only this shard's objects (Slurm array tasks; they run together)."),
 ) -> None:
     """Precompute the loader's tensors at training resolution (rebuilt when files or resolution change)."""
     from mvtune.data.cache import build_cache
     from mvtune.data.loader import DatasetError
+    from mvtune.shards import parse_shard
 
     _check_variant(variant)
+    try:
+        part = parse_shard(shard)
+    except ValueError as exc:
+        _fail(f"--{exc}")
     try:
         with _progress() as progress:
             task = progress.add_task("cache", total=None, item="")
             result = build_cache(
                 root, cache_dir, scene_list, variant, resolution, resolution,
-                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total), shard=part,
             )
     except DatasetError as exc:  # a scene list or captions that cannot be used, another build of this cache
         _fail(str(exc))
@@ -848,19 +854,33 @@ def evaluate(
     suite: Path = typer.Argument(..., help="Evaluation suite YAML (models, meshes, prompts, seeds, sampling, scorers)."),
     out: Path = typer.Option(..., "--out", help="Output folder (cells, summary.json, report.html); a rerun resumes."),
     run: Optional[Path] = typer.Option(None, "--run", help="A training run folder: its metrics.csv curves go in the report."),
+    shard: Optional[str] = typer.Option(None, help="'i/n': only generate and score this shard's cells (Slurm array tasks); then run once without --shard to compare and report."),
 ) -> None:
     """Compare models against the first (the reference) on paired cells. Extra args are key=value overrides."""
-    from mvtune.evaluate.run import evaluate_suite, headline
+    from mvtune.evaluate.run import evaluate_cells, evaluate_suite, headline
     from mvtune.evaluate.suite import SuiteError, load_suite
+    from mvtune.shards import parse_shard
 
     overrides = list(ctx.args)
     bad = [o for o in overrides if "=" not in o]
     if bad:
         _fail(f"overrides must look like key=value (e.g. seeds=[0,1]), got {bad}")
     try:
+        part = parse_shard(shard)
+    except ValueError as exc:
+        _fail(f"--{exc}")
+    try:
         cfg = load_suite(suite, overrides)
     except SuiteError as exc:
         _fail(str(exc))
+    if part is not None:
+        counts = _run_evaluation(f"evaluate {part[0]}/{part[1]}",
+                                 lambda on_progress: evaluate_cells(cfg, out, part, on_progress=on_progress))
+        console.print(f"shard {part[0]}/{part[1]}: {counts['generated']} cells made, {counts['skipped']} already done, "
+                      f"{counts['failed']} failed -> {out}")
+        if counts["failed"]:
+            raise typer.Exit(1)
+        return
     if run is not None and not (run / "logs" / "csv" / "metrics.csv").is_file():
         _fail(f"--run {run}: no logs/csv/metrics.csv in it; give a `mvtune train` run folder")
     summary = _run_evaluation("evaluate", lambda on_progress: evaluate_suite(cfg, out, run_dir=run,

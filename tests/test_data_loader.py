@@ -271,6 +271,21 @@ def test_build_cache_fills_and_reports(synth, tmp_path):
     assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 1
 
 
+def test_cache_shards_split_the_objects_and_run_together(synth, tmp_path):
+    """Slurm array tasks: shard i takes the scene-list positions k % n == i; one shard holding the cache does
+    not lock out the other, an unsharded build does."""
+    from mvtune.data.cache import build_cache
+    from mvtune.data.loader import DatasetError
+    from mvtune.storage import folder_lock
+
+    with folder_lock(tmp_path / "cache", "another shard", shared=True):
+        reports = [build_cache(synth, tmp_path / "cache", height=32, width=32, shard=(i, 2)) for i in range(2)]
+        with pytest.raises(DatasetError, match="in use by"):
+            build_cache(synth, tmp_path / "cache", height=32, width=32)
+    assert [r["cached"] for r in reports] == [1, 1]
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 2
+
+
 def test_meta_top_level_scale_perspective_views_and_inf_background(synth, tmp_path):
     """Spec §2.4: a top-level ortho_scale alone is enough; a PERSP view is never back-projected as ORTHO;
     §2.2 d: an inf background (65535 stored as half) is background in both loaders, not NaN."""

@@ -117,3 +117,20 @@ def test_kill_9_then_rerun_gives_identical_cells(evaluation, tmp_path):
     assert summary["counts"]["skipped"] == done_before and summary["errors"] == 0
     expected = [c for c in _cells(evaluation["out"]) if c["model"] == "base"]
     assert _without_dir(_cells(out)) == _without_dir(expected)
+
+
+def test_shards_make_disjoint_cells_that_the_unsharded_run_compares(evaluation, tmp_path):
+    """Slurm array tasks (`--shard i/n`) split the cells; the final run finds them all and generates none."""
+    from mvtune.evaluate.run import evaluate_cells
+
+    data = dict(evaluation["data"], models=evaluation["data"]["models"][:1])
+    data["meshes"] = {k: v for k, v in data["meshes"].items() if k != "files"}
+    suite = load_suite(write_suite(tmp_path / "suite.yaml", data))
+    out = tmp_path / "out"
+    counts = [evaluate_cells(suite, out, (i, 2)) for i in range(2)]
+    assert [c["generated"] for c in counts] == [2, 2] and not any(c["failed"] for c in counts)
+    assert [c["skipped"] for c in (evaluate_cells(suite, out, (i, 2)) for i in range(2))] == [2, 2]
+    summary = evaluate_suite(suite, out, report=False)
+    assert summary["counts"]["generated"] == 0 and summary["counts"]["skipped"] == 4
+    expected = [c for c in _cells(evaluation["out"]) if c["model"] == "base"]
+    assert _without_dir(_cells(out)) == _without_dir(expected)

@@ -182,3 +182,17 @@ def test_local_dry_run_prints_the_commands_and_writes_nothing(tmp_path):
     assert [line.split("--shard ")[1] for line in lines if " render " in line] == ["0/2", "1/2"]
     assert lines[-1] == f"{sys.executable} -m mvtune.cli pipeline report {d}"
     assert not d.exists()
+
+
+def test_cache_and_evaluation_cells_run_as_arrays_before_the_comparison(tmp_path):
+    from mvtune.pipeline.stages import SHARD, build_stages
+
+    path = _write(tmp_path, _base(cache={"resolution": 64, "shards": 2},
+                                  evaluate={"suite": "suite.yaml", "shards": 3}))
+    stages = {s.name: s for s in build_stages(load_experiment(path), slurm=True)}
+    assert list(stages)[-4:] == ["train", "cells", "evaluate", "report"]
+    assert stages["cache"].shards == 2 and stages["cache"].argv[-2:] == ["--shard", f"{SHARD}/2"]
+    assert stages["cells"].shards == 3 and stages["cells"].argv[-2:] == ["--shard", f"{SHARD}/3"]
+    assert stages["evaluate"].shards == 1 and "--shard" not in stages["evaluate"].argv
+    one = {s.name for s in build_stages(load_experiment(_write(tmp_path, _base(evaluate={"suite": "suite.yaml"}))))}
+    assert "cells" not in one and "evaluate" in one

@@ -10,6 +10,7 @@ variant and format version; anything else is rebuilt on the next read. About 42 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -77,37 +78,47 @@ def build_cache(
     height: int = 768,
     width: int = 768,
     on_progress=None,
+    shard: tuple[int, int] | None = None,
 ) -> dict:
-    """Fill the cache for every object of a dataset ahead of training; returns counts and the failures.
+    """Fill the cache for every object of a dataset (or of its shard) ahead of training; returns counts and
+    the failures.
 
     Objects already cached with the same files and settings are only checked, so a rerun is cheap. One build
-    per cache folder at a time (DatasetError naming the holder); training readers may fill it meanwhile (every
-    file is written atomically).
+    per cache folder at a time (DatasetError naming the holder), or the shards of one build together (each
+    takes the scene-list positions k % n == i, one file per object, so they never write the same file);
+    training readers may fill it meanwhile (every file is written atomically).
     """
-    from mvtune.data.loader import DatasetError, MultiviewDataset
+    from mvtune.data.loader import DatasetError
     from mvtune.storage import FolderLockedError, folder_lock
 
+    what = f"mvtune dataset cache {root}" + (f" --shard {shard[0]}/{shard[1]}" if shard else "")
     try:
-        with folder_lock(cache_dir, f"mvtune dataset cache {root}"):
-            return _build_cache(Path(root), cache_dir, scene_list, variant, height, width, on_progress)
+        with contextlib.ExitStack() as held:
+            held.enter_context(folder_lock(cache_dir, what, shared=shard is not None))
+            if shard is not None:
+                held.enter_context(folder_lock(cache_dir, what, name=f"shard-{shard[0]}-of-{shard[1]}"))
+            return _build_cache(Path(root), cache_dir, scene_list, variant, height, width, on_progress, shard)
     except FolderLockedError as exc:
         raise DatasetError(str(exc)) from None
 
 
-def _build_cache(root: Path, cache_dir, scene_list, variant: str, height: int, width: int, on_progress) -> dict:
+def _build_cache(root: Path, cache_dir, scene_list, variant: str, height: int, width: int, on_progress,
+                 shard) -> dict:
     from mvtune.data.loader import MultiviewDataset
+    from mvtune.shards import shard_positions
 
     dataset = MultiviewDataset(
         root, scene_list or root / "scene_list.json", variant=variant, height=height, width=width,
         cache_dir=cache_dir, allow_missing_captions=True,
     )
+    mine = shard_positions(len(dataset), shard)
     done, problems = 0, []
-    for i in range(len(dataset)):
+    for count, i in enumerate(mine, 1):
         try:
             dataset.load_views(i)
             done += 1
         except Exception as exc:  # reported, so one bad object does not stop the batch
             problems.append({"id": dataset.ids[i], "reason": str(exc)})
         if on_progress:
-            on_progress(i + 1, len(dataset))
+            on_progress(count, len(mine))
     return {"cached": done, "failed": len(problems), "errors": problems, "cache_dir": str(cache_dir)}

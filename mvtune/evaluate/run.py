@@ -41,6 +41,7 @@ from mvtune.evaluate.suite import (
     dump_suite,
     scorer_names,
 )
+from mvtune.shards import Shard, shard_positions, shard_suffix
 from mvtune.storage import atomic_write, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -372,24 +373,8 @@ def evaluate_suite(suite: Suite, out_dir: Path, *, run_dir: Path | None = None, 
     errors.jsonl and the rest finish; `summary["errors"]` counts them.
     """
     start = time.perf_counter()
-    check_suite(suite)
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EvaluateError(f"cannot create output folder {out}: {exc}") from exc
-    for leftover in out.rglob(".*.tmp"):  # temp files of a run killed mid-write (storage.atomic_write)
-        leftover.unlink(missing_ok=True)
-    atomic_write(out / "suite.yaml", lambda tmp: Path(tmp).write_text(dump_suite(suite), encoding="utf-8"))
-
-    hashes = FileHashes(out / HASHES)
-    cells = plan_cells(suite, out, hashes)
-    hashes.save()
-    records: dict[str, dict] = {}
-    for cell in cells:
-        record = read_cell(cell)
-        if record is not None:
-            records[cell.dir] = record
+    cells, records = _open(suite, out, clean=True)
     todo = [c for c in cells if c.dir not in records]
     errors: list[dict] = []
     done = len(cells) - len(todo)
@@ -419,6 +404,50 @@ def evaluate_suite(suite: Suite, out_dir: Path, *, run_dir: Path | None = None, 
                                          run_dir=run_dir)
     write_json(out / SUMMARY, summary)
     return summary
+
+
+def evaluate_cells(suite: Suite, out_dir: Path, shard: Shard, *, on_progress: Progress | None = None) -> dict:
+    """Generate and score the missing cells of one shard (a Slurm array task); returns its counts.
+
+    Shards take cells by position in the suite's fixed cell order, so they never overlap; they write only their
+    cells and `errors.shard-i-of-n.jsonl`. The unsharded `evaluate_suite` afterwards finds every cell done and
+    compares them (retrying any that failed).
+    """
+    out = Path(out_dir)
+    cells, records = _open(suite, out, clean=False)  # another shard's temp files may be in flight
+    mine = [cells[k] for k in shard_positions(len(cells), shard)]
+    todo = [c for c in mine if c.dir not in records]
+    errors: list[dict] = []
+    if on_progress:
+        on_progress(len(mine) - len(todo), len(mine), "")
+    if todo:
+        _run_cells(suite, todo, records, errors, len(mine) - len(todo), len(mine), on_progress, out)
+    text = "".join(json.dumps(e) + "\n" for e in errors)
+    atomic_write(out / f"errors{shard_suffix(shard)}.jsonl", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return {"shard": list(shard), "cells": len(mine), "generated": len(todo) - len(errors),
+            "skipped": len(mine) - len(todo), "failed": len(errors)}
+
+
+def _open(suite: Suite, out: Path, clean: bool) -> tuple[list[Cell], dict]:
+    """The suite's cells and the records of those already done, in an output folder made ready for more."""
+    check_suite(suite)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EvaluateError(f"cannot create output folder {out}: {exc}") from exc
+    if clean:
+        for leftover in out.rglob(".*.tmp"):  # temp files of a run killed mid-write (storage.atomic_write)
+            leftover.unlink(missing_ok=True)
+    atomic_write(out / "suite.yaml", lambda tmp: Path(tmp).write_text(dump_suite(suite), encoding="utf-8"))
+    hashes = FileHashes(out / HASHES)
+    cells = plan_cells(suite, out, hashes)
+    hashes.save()
+    records: dict = {}
+    for cell in cells:
+        record = read_cell(cell)
+        if record is not None:
+            records[cell.dir] = record
+    return cells, records
 
 
 def _load_scorers(suite: Suite, device: str) -> dict:

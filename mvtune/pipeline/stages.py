@@ -177,7 +177,8 @@ def build_stages(exp: Experiment, slurm: bool = False) -> list[Stage]:
     if exp.cache:
         c = exp.cache
         built["cache"] = Stage("cache", mv + ["dataset", "cache", str(dataset), str(d / CACHE), "--variant",
-                                              c.variant, "--resolution", str(c.resolution)])
+                                              c.variant, "--resolution", str(c.resolution)]
+                               + (["--shard", f"{SHARD}/{c.shards}"] if c.shards > 1 else []), shards=c.shards)
     if exp.train:
         run = train_run_dir(exp)
         argv = mv + ["train", str(exp.train.config), "--resume", "auto"] + train_overrides(exp, slurm)
@@ -186,6 +187,8 @@ def build_stages(exp: Experiment, slurm: bool = False) -> list[Stage]:
     if exp.evaluate:
         e = exp.evaluate
         out = d / EVALUATE
+        built["cells"] = Stage("cells", mv + ["evaluate", str(e.suite)] + evaluate_overrides(exp)
+                               + ["--out", str(out), "--shard", f"{SHARD}/{e.shards}"], shards=e.shards)
         built["evaluate"] = Stage("evaluate", mv + ["evaluate", str(e.suite)] + evaluate_overrides(exp)
                                   + ["--out", str(out), "--run", str(train_run_dir(exp))],
                                   outputs=_files(out / "summary.json", out / "report.html"))

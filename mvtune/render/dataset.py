@@ -45,6 +45,7 @@ from mvtune import __version__, cameras
 from mvtune.meshes.load import (
     COLOR_RULES_VERSION, DEFAULT_MAX_TEXTURE_PIXELS, DEFAULT_MAX_TOTAL_TEXTURE_PIXELS, SUPPORTED_EXTENSIONS,
 )
+from mvtune.shards import shard_positions
 from mvtune.storage import (
     DONE_MARKER, FolderLockedError, atomic_write, done_marker_ok, folder_lock, sha256_file, write_done_marker,
     write_json,
@@ -94,15 +95,9 @@ class RenderConfig(BaseModel):
     @field_validator("shard", mode="before")
     @classmethod
     def _parse_shard(cls, value):
-        if isinstance(value, str):
-            try:
-                i, n = (int(v) for v in value.split("/"))
-            except ValueError:
-                raise ValueError(f"{value!r} is not 'i/n' (e.g. 0/4)") from None
-            value = (i, n)
-        if value is not None and not (value[1] >= 1 and 0 <= value[0] < value[1]):
-            raise ValueError(f"shard {value[0]}/{value[1]}: need n >= 1 and 0 <= i < n")
-        return value
+        from mvtune.shards import parse_shard
+
+        return parse_shard(value)
 
     @field_validator("layout")
     @classmethod
@@ -506,10 +501,8 @@ def _render_locked(cfg: RenderConfig, meshes: dict[str, Path], on_progress) -> S
     captions_override = _load_captions(cfg.captions) if cfg.captions else {}
 
     positions = {object_id: k for k, object_id in enumerate(meshes)}
-    owned = {
-        object_id: src for object_id, src in meshes.items()
-        if cfg.shard is None or positions[object_id] % cfg.shard[1] == cfg.shard[0]
-    }
+    items = list(meshes.items())
+    owned = dict(items[k] for k in shard_positions(len(items), cfg.shard))
     summary = Summary(total=len(owned))
     errors: dict[str, dict] = {}
     todo: list[tuple[str, Path, str]] = []

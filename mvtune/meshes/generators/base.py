@@ -61,12 +61,12 @@ def item_seed(base_seed: int, row: dict) -> int:
 
 def parse_shard(text: str | None) -> tuple[int, int]:
     """``"i/n"`` (0 <= i < n) -> (i, n); None -> the whole set (0, 1)."""
-    if text is None:
-        return 0, 1
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not match or int(match[2]) < 1 or int(match[1]) >= int(match[2]):
-        raise GeneratorError(f"--shard must look like i/n with 0 <= i < n (e.g. 0/4 for a Slurm array 0-3), got {text!r}")
-    return int(match[1]), int(match[2])
+    from mvtune.shards import parse_shard as parse
+
+    try:
+        return parse(text) or (0, 1)
+    except ValueError as exc:
+        raise GeneratorError(f"--{exc}") from None
 
 
 def in_shard(item_id: str, shard: tuple[int, int]) -> bool:

@@ -34,6 +34,7 @@ from mvtune.meshes.generators.base import (
     item_seed,
     parse_shard,
 )
+from mvtune.shards import shard_suffix
 from mvtune.storage import atomic_write, sha256_file, write_json
 
 STAGING = ".staging"
@@ -95,8 +96,6 @@ def is_done(item_dir: Path) -> bool:
         return False
 
 
-def _suffix(shard: tuple[int, int]) -> str:
-    return "" if shard[1] == 1 else f".shard-{shard[0]}-of-{shard[1]}"
 
 
 class _Worker:
@@ -207,7 +206,7 @@ def generate_meshes(
     described = backend.describe(options)
 
     out = Path(cfg.out_dir).resolve()  # workers may change their working directory
-    staging = out / f"{STAGING}{_suffix(shard)}"  # per shard: shards of one array share the output folder
+    staging = out / f"{STAGING}{shard_suffix(shard)}"  # per shard: shards of one array share the output folder
     shutil.rmtree(staging, ignore_errors=True)  # an interrupted run's leftovers
     try:
         (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -239,7 +238,7 @@ def generate_meshes(
             pending.put(row)
         options_json = options.model_dump_json()
         workers = [
-            _Worker(cfg.backend, options_json, device, out / "logs" / f"worker-{k}{_suffix(shard)}.log", cfg.load_timeout)
+            _Worker(cfg.backend, options_json, device, out / "logs" / f"worker-{k}{shard_suffix(shard)}.log", cfg.load_timeout)
             for k, device in enumerate(cfg.devices)
         ]
         try:
@@ -300,8 +299,8 @@ def generate_meshes(
         "seconds": round(time.perf_counter() - start, 3), "errors": errors,
     }
     errors_text = "".join(json.dumps(e) + "\n" for e in errors)
-    atomic_write(out / f"errors{_suffix(shard)}.jsonl", lambda tmp: Path(tmp).write_text(errors_text, encoding="utf-8"))
-    write_json(out / f"generate_summary{_suffix(shard)}.json", summary)
+    atomic_write(out / f"errors{shard_suffix(shard)}.jsonl", lambda tmp: Path(tmp).write_text(errors_text, encoding="utf-8"))
+    write_json(out / f"generate_summary{shard_suffix(shard)}.json", summary)
     return summary
 
 
