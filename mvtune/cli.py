@@ -93,6 +93,14 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _overrides(ctx: typer.Context, example: str) -> list[str]:
+    """The extra `key=value` arguments of a command that takes config overrides."""
+    bad = [o for o in ctx.args if "=" not in o]
+    if bad:
+        _fail(f"overrides must look like key=value (e.g. {example}), got {bad}")
+    return list(ctx.args)
+
+
 def _check_variant(variant: str) -> None:
     from mvtune.cameras import VARIANTS
 
@@ -564,10 +572,7 @@ def train(
     from mvtune.train.run import train_from_cli
     from mvtune.train.system import NonFiniteLossError
 
-    overrides = list(ctx.args)
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        _fail(f"overrides must look like key=value, got {bad}")
+    overrides = _overrides(ctx, "optim.lr=1e-5")
     try:
         run_dir = train_from_cli(config, overrides, resume)
     except TrainConfigError as exc:
@@ -861,10 +866,7 @@ def evaluate(
     from mvtune.evaluate.suite import SuiteError, load_suite
     from mvtune.shards import parse_shard
 
-    overrides = list(ctx.args)
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        _fail(f"overrides must look like key=value (e.g. seeds=[0,1]), got {bad}")
+    overrides = _overrides(ctx, "seeds=[0,1]")
     try:
         part = parse_shard(shard)
     except ValueError as exc:
