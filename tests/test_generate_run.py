@@ -78,6 +78,7 @@ def test_batch_continues_past_failures_and_resumes(tmp_path, pipeline, tiny_base
     assert [e["id"] for e in errors] == ["bad"] and "broken.glb" in errors[0]["error"]
     assert (tmp_path / "out" / "good" / "generate.json").is_file()
     assert not (tmp_path / "out" / "bad").exists()  # no empty folder that looks like a result
+    assert not list((tmp_path / "out").glob(".*.partial"))  # rows are made in private folders renamed into place
 
     again = generate_batch(cfg, pipeline)  # resumes: only the failed row is retried
     assert (again["generated"], again["failed"], again["skipped"]) == (0, 1, 2)

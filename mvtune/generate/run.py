@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -489,14 +490,19 @@ def _generate_batch(cfg: BatchConfig, pipeline=None) -> dict:
     renderer = Renderer(cfg.sampling.resolution, lighting="albedo", msaa=0) if todo else None
     try:
         for item, object_id, run in todo:
+            # Each row is made in a private folder renamed into place: a killed batch never leaves a row folder
+            # with some views of a new run beside the record of an old one.
+            partial = out / f".{object_id}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
             try:
-                generate(run, pipeline, renderer)
+                generate(run.model_copy(update={"out_dir": partial}), pipeline, renderer)
+                shutil.rmtree(run.out_dir, ignore_errors=True)
+                os.replace(partial, run.out_dir)
                 summary["generated"] += 1
             except Exception as exc:  # one bad mesh must not stop the batch
                 log.warning("%s failed: %s", object_id, exc)
                 _failed(summary, object_id, item, exc)
-                if run.out_dir.is_dir() and not any(run.out_dir.iterdir()):
-                    run.out_dir.rmdir()  # no empty folder that looks like a result
+                shutil.rmtree(partial, ignore_errors=True)  # no folder that looks like a result
     finally:
         if renderer is not None:
             renderer.release()
