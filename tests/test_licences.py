@@ -93,6 +93,22 @@ def test_train_refuses_forbidden_licences_before_any_work(licensed, tmp_path):
         train(cfg)
 
 
+def test_prior_objects_are_checked_too(licensed, tmp_path):
+    """Prior-preservation objects are trained on: their licences count like the train split's."""
+    from mvtune.train.config import TrainConfigError, check_licences
+
+    root, set_licences = licensed
+    cfg = _config(root, tmp_path / "runs")
+    cfg.prior.root, cfg.prior.scene_list = root, root / "split_test.json"
+    assert check_licences(cfg)["refused"] == []
+    test_id = json.loads((root / "split_test.json").read_text())[0]
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["objects"][test_id]["licence"] = "tencent-hunyuan-community"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TrainConfigError, match=f"prior:{test_id}"):
+        check_licences(cfg)
+
+
 def _expect_override_record(summary: dict, train_ids: list[str]) -> None:
     record = summary["licences"]
     assert record["policy"]["forbidden"] == "warn" and record["checked"]

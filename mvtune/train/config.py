@@ -794,22 +794,18 @@ def check_image_data(cfg: TrainConfig) -> None:
 
 
 def check_licences(cfg: TrainConfig) -> dict:
-    """The training objects' licences (from the dataset manifest) under data.licence_policy, as recorded in
-    summary.json; raises TrainConfigError listing the refused objects and licences."""
+    """The training objects' licences (from the dataset manifests: the train split and, with prior preservation,
+    the prior set) under data.licence_policy, as recorded in summary.json; raises TrainConfigError listing the
+    refused objects and licences."""
     from mvtune.licences import check_training_licences, describe
 
     policy = cfg.data.licence_policy
     if getattr(cfg.data, "kind", "multiview") != "multiview":
         return {"policy": policy.model_dump(), "checked": False, "reason": "image folders carry no manifest"}
-    manifest_path = cfg.data.root / "manifest.json"
-    try:
-        objects = json.loads(manifest_path.read_text(encoding="utf-8")).get("objects", {})
-    except (OSError, json.JSONDecodeError, AttributeError):
-        objects = {}  # every object then has an unknown licence
-    from mvtune.data.validate import scene_id
-
-    ids = [scene_id(e) for e in split_lists(cfg)["train"]]
-    records = {i: (objects.get(i) or {}).get("licence") or (objects.get(i) or {}).get("license") for i in ids}
+    records = _manifest_licences(cfg.data.root, split_lists(cfg)["train"])
+    if cfg.prior.root is not None:  # regularisation objects are trained on too
+        prior = _manifest_licences(cfg.prior.root, prior_list(cfg))
+        records.update({f"prior:{object_id}": licence for object_id, licence in prior.items()})
     result = check_training_licences(records, policy.forbidden, policy.unknown, policy.territory)
     if result.refused:
         raise TrainConfigError(
@@ -822,6 +818,21 @@ def check_licences(cfg: TrainConfig) -> dict:
         log.warning("licences: training on %d object(s) that data.licence_policy warns about: %s",
                     len(result.warned), describe(result.warned))
     return {"checked": True, **result.to_json()}
+
+
+def _manifest_licences(root: Path, entries: list[str]) -> dict[str, str | None]:
+    """Object id -> the licence its dataset's manifest records (None: unknown) for each scene entry."""
+    from mvtune.data.validate import scene_id
+
+    try:
+        objects = json.loads((Path(root) / "manifest.json").read_text(encoding="utf-8")).get("objects", {})
+    except (OSError, json.JSONDecodeError, AttributeError):
+        objects = {}  # every object then has an unknown licence
+    records = {}
+    for object_id in map(scene_id, entries):
+        entry = objects.get(object_id) or {}
+        records[object_id] = entry.get("licence") or entry.get("license")
+    return records
 
 
 def check_dataset_views(root: Path, entries: list[str], variant: str, image_names: list[str]) -> None:
