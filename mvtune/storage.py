@@ -227,16 +227,32 @@ def _fallback_check(path: Path, me: dict) -> None:
 DONE_MARKER = ".mvtune-done.json"
 
 
+def file_sizes(files: Iterable[str | Path], base: str | Path | None = None) -> dict[str, int]:
+    """name -> size in bytes of each file (names relative to base when given, as written)."""
+    out = {}
+    for f in files:
+        p = Path(f)
+        if base is not None and p.is_absolute():
+            p = p.relative_to(base)
+        out[p.as_posix()] = (Path(base) / p if base is not None else p).stat().st_size
+    return out
+
+
+def sizes_match(sizes: dict, base: str | Path | None = None) -> bool:
+    """True when every listed file exists with its recorded size: a file that went missing or was cut short
+    since its record was written makes the record stale."""
+    try:
+        return all((Path(base) / name if base is not None else Path(name)).stat().st_size == size
+                   for name, size in sizes.items())
+    except (OSError, TypeError):
+        return False
+
+
 def write_done_marker(folder: str | Path, files: Iterable[str | Path], extra: dict | None = None) -> Path:
     """Written last: the folder is complete. Lists every file (relative to folder) with its size, so a later
     check sees a file that went missing or was cut short, not just that a marker exists."""
     folder = Path(folder)
-    listed = {}
-    for f in files:
-        p = Path(f)
-        rel = p.relative_to(folder) if p.is_absolute() else p
-        listed[rel.as_posix()] = (folder / rel).stat().st_size
-    return write_json(folder / DONE_MARKER, {**(extra or {}), "files": dict(sorted(listed.items()))})
+    return write_json(folder / DONE_MARKER, {**(extra or {}), "files": dict(sorted(file_sizes(files, folder).items()))})
 
 
 def done_marker_ok(folder: str | Path, expected: dict | None = None) -> bool:
@@ -250,10 +266,4 @@ def done_marker_ok(folder: str | Path, expected: dict | None = None) -> bool:
         return False
     if any(record.get(k) != v for k, v in (expected or {}).items()):
         return False
-    for rel, size in record["files"].items():
-        try:
-            if (folder / rel).stat().st_size != size:
-                return False
-        except OSError:
-            return False
-    return True
+    return sizes_match(record["files"], folder)

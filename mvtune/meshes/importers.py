@@ -25,7 +25,14 @@ from typing import Callable
 
 import numpy as np
 
-from mvtune.meshes.generators.base import CAPTION_FILE, MESH_FILE, PROVENANCE_FILE, GeneratorError, check_output
+from mvtune.meshes.generators.base import (
+    CAPTION_FILE,
+    MESH_FILE,
+    PROVENANCE_FILE,
+    GeneratorError,
+    check_output,
+    write_provenance,
+)
 from mvtune.meshes.load import SUPPORTED_EXTENSIONS
 from mvtune.storage import atomic_write, sha256_file, write_json
 
@@ -243,5 +250,4 @@ def _write_item(item_dir: Path, source: Path, record: dict) -> None:
         caption = record["caption"]
         atomic_write(item_dir / CAPTION_FILE, lambda tmp: Path(tmp).write_text(caption + "\n", encoding="utf-8"))
         names.append(CAPTION_FILE)
-    files = {n: {"bytes": (item_dir / n).stat().st_size, "sha256": sha256_file(item_dir / n)} for n in names}
-    write_json(item_dir / PROVENANCE_FILE, record | {"files": files})
+    write_provenance(item_dir, names, record)

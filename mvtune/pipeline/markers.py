@@ -14,7 +14,7 @@ import socket
 import time
 from pathlib import Path
 
-from mvtune.storage import write_json
+from mvtune.storage import file_sizes, sizes_match, write_json
 
 MARKERS_DIR = "markers"
 
@@ -46,7 +46,7 @@ def write_done(exp_dir: Path, stage: str, shard: int | None, command: str, files
     """Record success: the command, the outputs' sizes, where it ran. Clears an older failure record."""
     path = marker_path(exp_dir, stage, shard)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sizes = {str(f): f.stat().st_size for f in files}
+    sizes = file_sizes(files)
     write_json(path, {"stage": stage, "shard": shard, "command": command, "files": sizes, **_where(), **extra})
     marker_path(exp_dir, stage, shard, "failed").unlink(missing_ok=True)
     return path
@@ -64,15 +64,7 @@ def write_failed(exp_dir: Path, stage: str, shard: int | None, command: str, cod
 def done_ok(exp_dir: Path, stage: str, shard: int | None, command: str) -> bool:
     """True when the marker is for this command and every file it lists still has its recorded size."""
     record = read_record(marker_path(exp_dir, stage, shard))
-    if not record or record.get("command") != command:
-        return False
-    for name, size in record.get("files", {}).items():
-        try:
-            if os.stat(name).st_size != size:
-                return False
-        except OSError:
-            return False
-    return True
+    return bool(record) and record.get("command") == command and sizes_match(record.get("files", {}))
 
 
 def clear(exp_dir: Path, stage: str, shard: int | None) -> None:

@@ -75,6 +75,28 @@ def in_shard(item_id: str, shard: tuple[int, int]) -> bool:
     return count == 1 or int(hashlib.sha256(item_id.encode()).hexdigest()[:8], 16) % count == index
 
 
+def write_provenance(item_dir: Path, names: list[str], record: dict) -> None:
+    """The item's provenance, written last, so it is its done marker: it lists the item's files with size and
+    sha256 (generators and importers write the same record)."""
+    from mvtune.storage import sha256_file, write_json
+
+    files = {name: {"bytes": (item_dir / name).stat().st_size, "sha256": sha256_file(item_dir / name)} for name in names}
+    write_json(item_dir / PROVENANCE_FILE, record | {"files": files})
+
+
+def is_done(item_dir: Path) -> bool:
+    """The provenance file exists and every file it lists is there with its recorded size."""
+    import json
+
+    from mvtune.storage import sizes_match
+
+    try:
+        files = json.loads((item_dir / PROVENANCE_FILE).read_text(encoding="utf-8"))["files"]
+        return sizes_match({name: entry["bytes"] for name, entry in files.items()}, item_dir)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def check_output(path: Path) -> dict[str, Any]:
     """Refuse a broken generator output before it reaches a dataset: no faces, NaN vertices, no texture or an
     empty one (zero pixels, fully transparent, or one flat colour). Returns a few statistics for provenance."""

@@ -31,11 +31,13 @@ from mvtune.meshes.generators.base import (
     GeneratorError,
     check_output,
     in_shard,
+    is_done,
     item_seed,
     parse_shard,
+    write_provenance,
 )
 from mvtune.shards import shard_suffix
-from mvtune.storage import atomic_write, sha256_file, write_json
+from mvtune.storage import atomic_write, write_json
 
 STAGING = ".staging"
 
@@ -84,16 +86,6 @@ def read_rows(path: Path) -> list[dict]:
             + "; ".join(bad[:10]) + (f"; ... {len(bad) - 10} more" if len(bad) > 10 else "")
         )
     return rows
-
-
-def is_done(item_dir: Path) -> bool:
-    """The provenance file exists and every file it lists is there with its recorded size."""
-    try:
-        record = json.loads((item_dir / PROVENANCE_FILE).read_text(encoding="utf-8"))
-        files = record["files"]
-        return all((item_dir / name).stat().st_size == entry["bytes"] for name, entry in files.items())
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
 
 
 
@@ -364,8 +356,4 @@ def _place(item_dir: Path, stage_dir: Path, caption: str, extra_files: list[str]
     for name in names:
         os.replace(stage_dir / name, item_dir / name)
     atomic_write(item_dir / CAPTION_FILE, lambda tmp: Path(tmp).write_text(caption + "\n", encoding="utf-8"))
-    files = {
-        name: {"bytes": (item_dir / name).stat().st_size, "sha256": sha256_file(item_dir / name)}
-        for name in [*names, CAPTION_FILE]
-    }
-    write_json(item_dir / PROVENANCE_FILE, record | {"files": files})
+    write_provenance(item_dir, [*names, CAPTION_FILE], record)
