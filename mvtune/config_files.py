@@ -134,9 +134,9 @@ def unknown_keys(tree: dict, model: type[BaseModel], prefix: str = "") -> list[s
     return problems
 
 
-def validation_problems(exc: ValidationError, root: str = "config") -> list[str]:
-    """pydantic's errors as 'dotted.key: message' lines."""
+def validation_problems(exc: ValidationError, root: str = "config", prefix: str = "") -> list[str]:
+    """pydantic's errors as 'dotted.key: message' lines (keys under `prefix` for a nested section)."""
     return [
-        f"{'.'.join(str(p) for p in err['loc']) or root}: {err['msg'].removeprefix('Value error, ')}"
+        f"{prefix}{'.'.join(str(p) for p in err['loc']) or root}: {err['msg'].removeprefix('Value error, ')}"
         for err in exc.errors()
     ]

@@ -267,7 +267,7 @@ def _render_problems(exp: Experiment) -> list[str]:
     try:
         RenderConfig(input=exp.dir / "meshes", out_dir=exp.dir / "dataset", **settings)
     except ValidationError as exc:
-        return [f"render.{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
+        return validation_problems(exc, prefix="render.")
     return []
 
 

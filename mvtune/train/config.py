@@ -22,7 +22,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mvtune.config_files import merge, parse_overrides, read_yaml_mapping, section_fields, set_dotted, unknown_keys
+from mvtune.config_files import (
+    merge,
+    parse_overrides,
+    read_yaml_mapping,
+    section_fields,
+    set_dotted,
+    unknown_keys,
+    validation_problems,
+)
 from mvtune.train.evaluation import EvaluationConfig
 from mvtune.train.evaluation import problems as evaluation_problems
 
@@ -597,12 +605,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
             break
         except ValidationError as exc:
             cfg = None
-            leaves = []
-            for err in exc.errors():
-                where = ".".join(str(p) for p in err["loc"]) or "config"
-                problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
-                leaves.append(err["loc"])
-            if not any(_drop(known, loc) for loc in leaves):
+            problems += validation_problems(exc)
+            if not any(_drop(known, err["loc"]) for err in exc.errors()):
                 break
     if problems:
         problems += [p for p in path_problems(lambda dotted: _dotted(raw, dotted)) if p not in problems]
