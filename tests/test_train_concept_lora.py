@@ -9,6 +9,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 from safetensors.torch import load_file
+from test_train_system import FailAt
 
 from mvtune.train.config import TrainConfigError, load_config
 from mvtune.train.run import train
@@ -61,15 +62,6 @@ class Recorder(Callback):
         self.losses[trainer.global_step] = float(outputs["loss"])
         self.ids[trainer.global_step] = list(batch["id"])
         self.time_ids[trainer.global_step] = batch["time_ids"].tolist()
-
-
-class FailAt(Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated kill")
 
 
 def _sdxl(tiny_base):
