@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
+
+from bench_train import step_result  # the same result line as the multi-view benchmark
 
 OPTIONS = {
     "rank16": {"lora": {"rank": 16, "alpha": 16}},
@@ -83,16 +83,7 @@ def run_option(args) -> dict:
         sync()
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
-    result = {
-        "option": args.option,
-        "step_s_median": round(statistics.median(times), 4),
-        "step_s_min": round(min(times), 4),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-        "trainable_params_m": round(sum(p.numel() for p in trainable) / 1e6, 3),
-    }
-    if device.type == "cuda":
-        result["peak_cuda_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    return result
+    return step_result(args.option, times, trainable, device)
 
 
 def _subprocess_json(cmd: list[str]) -> dict:

@@ -65,6 +65,22 @@ def full_components(device):
     return components
 
 
+def step_result(option: str, times: list[float], trainable, device) -> dict:
+    """One option's line: step times, peak host (and CUDA) memory, trainable parameters."""
+    import torch
+
+    result = {
+        "option": option,
+        "step_s_median": round(statistics.median(times), 4),
+        "step_s_min": round(min(times), 4),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "trainable_params_m": round(sum(p.numel() for p in trainable) / 1e6, 3),
+    }
+    if device.type == "cuda":
+        result["peak_cuda_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return result
+
+
 def run_option(args) -> dict:
     import torch
 
@@ -126,16 +142,7 @@ def run_option(args) -> dict:
         sync()
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
-    result = {
-        "option": args.option,
-        "step_s_median": round(statistics.median(times), 4),
-        "step_s_min": round(min(times), 4),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-        "trainable_params_m": round(sum(p.numel() for p in trainable) / 1e6, 2),
-    }
-    if device.type == "cuda":
-        result["peak_cuda_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    return result
+    return step_result(args.option, times, trainable, device)
 
 
 def main() -> None:
