@@ -143,12 +143,11 @@ def prompts_sample(
         concept_set = load_concepts(concepts)
         out.parent.mkdir(parents=True, exist_ok=True)
         total = count * len(concept_set.concepts)
-        with _progress() as progress:
-            task = progress.add_task("prompts", total=total, item="")
+        with _LazyProgress("prompts") as progress:
 
             def rows():
                 for k, row in enumerate(iter_prompts(concept_set, count, seed, override=allow_protected), 1):
-                    progress.update(task, completed=k, item=row.id)
+                    progress.update(k, total, row.id)
                     yield row
 
             written = write_prompt_rows(out, rows())
@@ -261,11 +260,8 @@ def meshes_generate(
     try:
         cfg = GenerateMeshesConfig(backend=backend, prompts=prompts, out_dir=out, shard=shard, timeout=timeout,
                                    seed=seed, devices=devices, protected_terms=protected_term, options=options)
-        with _progress() as progress:
-            task = progress.add_task(f"meshes ({backend})", total=None, item="")
-            summary = generate_meshes(
-                cfg, on_progress=lambda done, total, item: progress.update(task, completed=done, total=total, item=item)
-            )
+        with _LazyProgress(f"meshes ({backend})") as progress:
+            summary = generate_meshes(cfg, on_progress=progress.update)
     except ValidationError as exc:
         _fail(_validation_message(exc, as_options=True))
     except GeneratorError as exc:
@@ -295,11 +291,10 @@ def meshes_import(
     from mvtune.meshes.importers import MeshImportError, import_meshes
 
     try:
-        with _progress() as progress:
-            task = progress.add_task(f"import ({source})", total=None, item="")
+        with _LazyProgress(f"import ({source})") as progress:
             summary = import_meshes(
                 input_dir, source, out, licence,
-                on_progress=lambda done, total, item: progress.update(task, completed=done, total=total, item=item),
+                on_progress=progress.update,
             )
     except MeshImportError as exc:
         _fail(str(exc))
@@ -498,11 +493,10 @@ def dataset_cache(
     except ValueError as exc:
         _fail(f"--{exc}")
     try:
-        with _progress() as progress:
-            task = progress.add_task("cache", total=None, item="")
+        with _LazyProgress("cache") as progress:
             result = build_cache(
                 root, cache_dir, scene_list, variant, resolution, resolution,
-                on_progress=lambda done, total: progress.update(task, completed=done, total=total), shard=part,
+                on_progress=progress.update, shard=part,
             )
     except DatasetError as exc:  # a scene list or captions that cannot be used, another build of this cache
         _fail(str(exc))
@@ -841,14 +835,9 @@ def _run_evaluation(description: str, call):
     from mvtune.evaluate.run import EvaluateError
     from mvtune.evaluate.suite import SuiteError
 
-    with _progress() as progress:
-        task = progress.add_task(description, total=None, item="")
-
-        def on_progress(done: int, total: int, item: str) -> None:
-            progress.update(task, completed=done, total=total, item=item)
-
+    with _LazyProgress(description) as progress:
         try:
-            return call(on_progress)
+            return call(progress.update)
         except (SuiteError, EvaluateError) as exc:
             _fail(str(exc))
 
