@@ -12,10 +12,10 @@ import re
 from pathlib import Path
 
 from mvtune.storage import write_json
+from mvtune.train.config import TINY_BASE
 
 SUMMARY_FILE = "demo_summary.json"
 DEVICES = ("cpu", "gpu", "cuda")
-TINY_BASE = "tiny"
 
 
 def writable_problem(path: Path, what: str) -> str | None:
